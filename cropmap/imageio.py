@@ -1,0 +1,397 @@
+"""The one PNG reader and writer of the pipeline.
+
+Huge images (tens of thousands of pixels a side) never enter memory whole:
+
+* :func:`png_info` parses the PNG header (and checks the file ends in an IEND chunk) without decoding;
+* :func:`check_image` / :func:`check_label` validate sources before any work starts, raising
+  :class:`InputError` with one clear line naming the file and the problem;
+* :func:`iter_strips` decodes a PNG top to bottom in strips (pyvips, sequential access);
+* :func:`iter_row_windows` turns strips into possibly overlapping row windows (a rolling buffer);
+* :class:`PngStripWriter` encodes a PNG strip by strip (plain zlib) and renames it into place when complete.
+
+Small files (tiles) go through :func:`read_png` / :func:`write_png`.
+
+Array conventions: images are ``uint8 [H, W, C]`` in RGB(A) order, labels and maps ``uint8 [H, W]``.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import tempfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# PNG colour type -> number of channels
+_COLOR_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+_COLOR_NAMES = {0: "grayscale", 2: "RGB", 3: "palette", 4: "grayscale+alpha", 6: "RGBA"}
+IGNORE = 255  # label value for ignored / no-data pixels
+
+
+class InputError(Exception):
+    """A problem with the user's input: printed as one line, exit status non-zero, no traceback."""
+
+
+@dataclass(frozen=True)
+class PngInfo:
+    """Header facts of a PNG file.
+
+    ``channels`` is what a decoder returns (palette images count as 1 here: their indices).
+    """
+
+    path: str
+    width: int
+    height: int
+    bit_depth: int
+    color_type: int
+    interlaced: bool
+
+    @property
+    def channels(self) -> int:
+        return _COLOR_CHANNELS[self.color_type]
+
+    @property
+    def color_name(self) -> str:
+        return _COLOR_NAMES[self.color_type]
+
+    @property
+    def has_alpha(self) -> bool:
+        return self.color_type in (4, 6)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.height, self.width
+
+
+def png_info(path: str | os.PathLike) -> PngInfo:
+    """Read a PNG's header (signature and IHDR) and check that the file is not truncated.
+
+    Truncation is detected cheaply: a complete PNG ends with the 12-byte IEND chunk.
+    Raises :class:`InputError` for a missing file, a non-PNG, a bad header or a truncated file.
+    """
+    path = str(path)
+    if not os.path.exists(path):
+        raise InputError(f"{path}: file not found")
+    if os.path.isdir(path):
+        raise InputError(f"{path}: is a directory, expected a PNG file")
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(33)
+        if len(head) < 33 or head[:8] != PNG_SIGNATURE:
+            raise InputError(f"{path}: not a PNG file (bad signature)")
+        length, ctype = struct.unpack(">I4s", head[8:16])
+        if ctype != b"IHDR" or length != 13:
+            raise InputError(f"{path}: corrupt PNG (first chunk is not IHDR)")
+        width, height, depth, color, _comp, _filt, interlace = struct.unpack(">IIBBBBB", head[16:29])
+        if zlib.crc32(head[12:29]) != struct.unpack(">I", head[29:33])[0]:
+            raise InputError(f"{path}: corrupt PNG (IHDR checksum mismatch)")
+        if color not in _COLOR_CHANNELS or width == 0 or height == 0:
+            raise InputError(f"{path}: corrupt PNG (invalid header)")
+        f.seek(max(size - 12, 0))
+        tail = f.read(12)
+    if tail[4:8] != b"IEND":
+        raise InputError(f"{path}: truncated PNG (no IEND chunk at the end of the file)")
+    return PngInfo(path, width, height, depth, color, bool(interlace))
+
+
+def check_image(path: str | os.PathLike) -> PngInfo:
+    """Validate a source image: an 8-bit RGB or RGBA PNG. Returns its :class:`PngInfo`."""
+    info = png_info(path)
+    if info.bit_depth != 8:
+        raise InputError(f"{info.path}: unsupported bit depth {info.bit_depth} (expected 8-bit RGB or RGBA)")
+    if info.color_type not in (2, 6):
+        raise InputError(
+            f"{info.path}: unsupported colour type {info.color_name} (expected 8-bit RGB or RGBA)"
+        )
+    return info
+
+
+def check_label(path: str | os.PathLike, image: PngInfo | None = None) -> PngInfo:
+    """Validate a label PNG header: 8-bit single channel, same size as ``image`` when given.
+
+    Label values are checked separately with :func:`label_histogram` (that needs a decode).
+    """
+    info = png_info(path)
+    if info.bit_depth != 8:
+        raise InputError(f"{info.path}: unsupported bit depth {info.bit_depth} (labels must be 8-bit single-channel)")
+    if info.color_type != 0:
+        raise InputError(
+            f"{info.path}: labels must be 8-bit single-channel (grayscale), got {info.color_name}"
+        )
+    if image is not None and info.shape != image.shape:
+        raise InputError(
+            f"{info.path}: label size {info.height}x{info.width} differs from its image "
+            f"{image.path} ({image.height}x{image.width}, H x W)"
+        )
+    return info
+
+
+def _vips():
+    import pyvips  # imported lazily: the library is heavy and only the huge-image paths need it
+
+    return pyvips
+
+
+def _open_sequential(path: str):
+    pyvips = _vips()
+    try:
+        return pyvips.Image.new_from_file(path, access="sequential", fail_on="error")
+    except pyvips.Error as e:  # header-level decode problem
+        raise InputError(f"{path}: cannot decode PNG ({_first_line(e)})") from None
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip().splitlines()
+    return " ".join(t.strip() for t in text[:3] if t.strip())[:200] or type(err).__name__
+
+
+def label_histogram(path: str | os.PathLike) -> np.ndarray:
+    """Count each of the 256 values of an 8-bit single-channel PNG in one streaming pass.
+
+    Returns ``int64 [256]``. Decode errors (corrupt data) raise :class:`InputError`.
+    """
+    pyvips = _vips()
+    path = str(path)
+    img = _open_sequential(path)
+    try:
+        hist = img.hist_find()
+        counts = np.frombuffer(hist.write_to_memory(), dtype=np.uint32).astype(np.int64)
+    except pyvips.Error as e:
+        raise InputError(f"{path}: cannot decode PNG ({_first_line(e)})") from None
+    return counts.reshape(-1)[:256]
+
+
+def check_label_values(path: str | os.PathLike, num_classes: int) -> np.ndarray:
+    """Check that every label value is in ``0..num_classes-1`` or 255; return the histogram ``int64 [256]``."""
+    hist = label_histogram(path)
+    allowed = np.zeros(256, bool)
+    allowed[:num_classes] = True
+    allowed[IGNORE] = True
+    bad = np.flatnonzero((hist > 0) & ~allowed)
+    if bad.size:
+        shown = ", ".join(str(v) for v in bad[:8])
+        raise InputError(
+            f"{path}: label values outside 0..{num_classes - 1} (and not 255): {shown}"
+        )
+    return hist
+
+
+def iter_strips(path: str | os.PathLike, strip_height: int, rgba: bool = False) -> Iterator[tuple[int, np.ndarray]]:
+    """Decode a PNG top to bottom in strips of ``strip_height`` rows (the last may be shorter).
+
+    Yields ``(y, strip)`` with ``strip`` a ``uint8 [h, W, C]`` array (C = the file's channels; with
+    ``rgba=True`` an RGB file gets an alpha channel of 255 appended). Memory is one strip, whatever the
+    image size. Decode errors (truncated or corrupt data) raise :class:`InputError`.
+    """
+    pyvips = _vips()
+    path = str(path)
+    img = _open_sequential(path)
+    if img.format != "uchar":
+        raise InputError(f"{path}: unsupported pixel format {img.format} (expected 8-bit)")
+    width, height, bands = img.width, img.height, img.bands
+    region = pyvips.Region.new(img)
+    for y in range(0, height, strip_height):
+        h = min(strip_height, height - y)
+        try:
+            buf = region.fetch(0, y, width, h)
+        except pyvips.Error as e:
+            raise InputError(f"{path}: cannot decode PNG at rows {y}..{y + h} ({_first_line(e)})") from None
+        strip = np.frombuffer(buf, dtype=np.uint8).reshape(h, width, bands)
+        if rgba and bands == 3:
+            out = np.empty((h, width, 4), np.uint8)
+            out[..., :3] = strip
+            out[..., 3] = 255
+            strip = out
+        yield y, strip
+
+
+def iter_row_windows(
+    path: str | os.PathLike,
+    rows: Sequence[int],
+    height: int,
+    rgba: bool = False,
+    strip_height: int | None = None,
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield ``(y, rows y..y+height)`` for each ``y`` of the ascending ``rows``, decoding the file once.
+
+    Windows may overlap (``rows`` closer than ``height``) and may run past the bottom edge, where they
+    are padded with zeros (no-data). Returns ``uint8 [height, W, C]`` arrays (views that stay valid until
+    the next step). Memory: about two windows, whatever the image size.
+    """
+    rows = list(rows)
+    if any(b < a for a, b in zip(rows, rows[1:])):
+        raise ValueError("rows must be ascending")
+    strips = iter_strips(path, strip_height or max(64, min(height, 1024)), rgba=rgba)
+    pieces: list[np.ndarray] = []  # consecutive strips (or their tails) holding rows buf_y.. of the image
+    buf_y = 0
+    end = 0  # first row not read yet
+    for y in rows:
+        while end < y + height:
+            nxt = next(strips, None)
+            if nxt is None:
+                break
+            sy, strip = nxt
+            end = sy + len(strip)
+            if not pieces:
+                buf_y = sy
+            pieces.append(strip)
+            # drop what lies wholly above this window so that gaps between windows cost no memory
+            while pieces and buf_y + len(pieces[0]) <= y:
+                buf_y += len(pieces.pop(0))
+        buf = pieces[0] if len(pieces) == 1 else np.concatenate(pieces, axis=0)
+        cut = min(max(y - buf_y, 0), len(buf))
+        buf, buf_y = buf[cut:], buf_y + cut
+        pieces = [buf]
+        window = buf[:height]
+        if len(window) < height:  # past the bottom edge: pad with no-data
+            pad = np.zeros((height - len(window),) + buf.shape[1:], np.uint8)
+            window = np.concatenate([window, pad], axis=0)
+        yield y, window
+
+
+def read_png(path: str | os.PathLike) -> np.ndarray:
+    """Read a small PNG whole: ``uint8 [H, W]`` (gray) or ``[H, W, C]`` in RGB/RGBA order.
+
+    For tiles and other small files only; huge images go through :func:`iter_strips`.
+    """
+    import cv2
+
+    path = str(path)
+    arr = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    if arr is None:
+        info = png_info(path)  # raises a clear error for the usual problems
+        raise InputError(f"{info.path}: cannot decode PNG")
+    if arr.dtype != np.uint8:
+        raise InputError(f"{path}: unsupported bit depth (expected 8-bit)")
+    if arr.ndim == 3:
+        code = cv2.COLOR_BGR2RGB if arr.shape[2] == 3 else cv2.COLOR_BGRA2RGBA
+        arr = cv2.cvtColor(arr, code)
+    return arr
+
+
+def _tmp_name(path: Path) -> Path:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+def write_png(path: str | os.PathLike, array: np.ndarray, compression: int = 1) -> None:
+    """Write a small ``uint8 [H, W]`` / ``[H, W, 3]`` (RGB) / ``[H, W, 4]`` (RGBA) array as a PNG, atomically.
+
+    The file appears under its final name only when complete (temporary name, then rename).
+    """
+    import cv2
+
+    path = Path(path)
+    arr = np.ascontiguousarray(array)
+    if arr.dtype != np.uint8:
+        raise ValueError(f"write_png expects uint8, got {arr.dtype}")
+    if arr.ndim == 3:
+        code = {3: cv2.COLOR_RGB2BGR, 4: cv2.COLOR_RGBA2BGRA}[arr.shape[2]]
+        arr = cv2.cvtColor(arr, code)
+    ok, data = cv2.imencode(".png", arr, [cv2.IMWRITE_PNG_COMPRESSION, int(compression)])
+    if not ok:
+        raise OSError(f"{path}: PNG encoding failed")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_name(path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data.tobytes())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+class PngStripWriter:
+    """Stream an 8-bit PNG to disk strip by strip; it is renamed into place only when complete.
+
+    ``channels`` 1 (gray), 3 (RGB) or 4 (RGBA). Call :meth:`write` with ``uint8 [h, W]`` or
+    ``[h, W, C]`` strips top to bottom until ``height`` rows are written, then :meth:`close`
+    (or use it as a context manager: an exception inside the ``with`` discards the partial file).
+    Memory: one strip plus zlib's window. Rows use PNG filter 0 (none).
+    """
+
+    def __init__(self, path: str | os.PathLike, width: int, height: int, channels: int = 1, compression: int = 1):
+        if channels not in (1, 3, 4):
+            raise ValueError("channels must be 1, 3 or 4")
+        self.path = Path(path)
+        self.width, self.height, self.channels = int(width), int(height), int(channels)
+        self.rows_written = 0
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = _tmp_name(self.path)
+        self._f = open(self._tmp, "wb")
+        self._z = zlib.compressobj(int(compression))
+        color = {1: 0, 3: 2, 4: 6}[channels]
+        ihdr = struct.pack(">IIBBBBB", self.width, self.height, 8, color, 0, 0, 0)
+        self._f.write(PNG_SIGNATURE + _chunk(b"IHDR", ihdr))
+
+    def write(self, strip: np.ndarray) -> None:
+        """Append ``strip`` (``uint8 [h, W]`` or ``[h, W, C]``) below the rows written so far."""
+        strip = np.asarray(strip)
+        if strip.dtype != np.uint8:
+            raise ValueError(f"strip must be uint8, got {strip.dtype}")
+        h = strip.shape[0]
+        expected = (h, self.width) if self.channels == 1 else (h, self.width, self.channels)
+        if self.channels == 1 and strip.ndim == 3 and strip.shape[2] == 1:
+            strip = strip[..., 0]
+        if strip.shape != expected:
+            raise ValueError(f"strip shape {strip.shape} does not match {expected}")
+        if self.rows_written + h > self.height:
+            raise ValueError("more rows written than the image height")
+        rows = np.empty((h, 1 + self.width * self.channels), np.uint8)
+        rows[:, 0] = 0  # filter type: none
+        rows[:, 1:] = strip.reshape(h, -1)
+        data = self._z.compress(rows.tobytes())
+        if data:
+            self._f.write(_chunk(b"IDAT", data))
+        self.rows_written += h
+
+    def close(self) -> Path:
+        """Finish the file and rename it into place; returns the final path."""
+        if self.rows_written != self.height:
+            self.abort()
+            raise ValueError(f"{self.path}: {self.rows_written} of {self.height} rows written")
+        self._f.write(_chunk(b"IDAT", self._z.flush()) + _chunk(b"IEND", b""))
+        self._f.close()
+        os.replace(self._tmp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        """Discard the partial file."""
+        if not self._f.closed:
+            self._f.close()
+        self._tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> "PngStripWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def run_cli(main, args) -> int:
+    """Run an entry script's ``main(args)``, turning :class:`InputError` into one line on stderr, exit 2."""
+    import sys
+
+    try:
+        main(args)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
