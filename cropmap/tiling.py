@@ -1,0 +1,160 @@
+"""The one tile grid and tile iterator, and the ``tiles.csv`` index.
+
+Grid (see the contract): tiles of ``tile`` pixels every ``stride`` pixels; the last row and column are
+moved inward to end at the far edge, so the edge is covered without padding; a side shorter than one
+tile gets one tile at 0, padded with no-data. Per axis that is ``ceil((size - tile) / stride) + 1`` tiles.
+
+A pixel is valid where the source alpha is 255 (RGB sources: everywhere). The contract's metric counts
+alpha-255 pixels only, so partly transparent pixels (0 < alpha < 255) are no-data too.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from .imageio import IGNORE, check_image, check_label, iter_row_windows
+
+# Default folders of the contract's data layout, relative to --data_root
+TRAIN_SOURCE_DIR = "jingwei_round1_train_20190619"
+TEST_SOURCE_DIR = "jingwei_round1_test_a_20190619"
+TRAIN_DIR = "train"
+TEST_DIR = "test"
+
+
+def grid_positions(length: int, tile: int, stride: int) -> list[int]:
+    """Top-left coordinates of the tiles along one axis of ``length`` pixels.
+
+    >>> grid_positions(1100, 512, 512)
+    [0, 512, 588]
+    >>> grid_positions(300, 512, 256)
+    [0]
+    """
+    if tile <= 0 or stride <= 0:
+        raise ValueError("tile and stride must be positive")
+    if length <= tile:
+        return [0]
+    n = math.ceil((length - tile) / stride) + 1
+    return [min(i * stride, length - tile) for i in range(n)]
+
+
+def tile_name(image: str, y: int, x: int) -> str:
+    """The contract's tile file name, e.g. ``image_1_1024_2560.png``."""
+    return f"{image}_{y}_{x}.png"
+
+
+def test_tile_folder(image: str) -> str:
+    """Folder (under ``data/test/``) of an image's test windows: ``image_3`` -> ``image3``."""
+    return image.replace("_", "")
+
+
+def valid_mask(alpha: np.ndarray) -> np.ndarray:
+    """``bool`` mask of valid pixels from an alpha channel (``uint8``, any shape)."""
+    return alpha == 255
+
+
+@dataclass
+class Tile:
+    """One tile cut from a source.
+
+    ``rgba``: ``uint8 [T, T, 4]`` (alpha 0 where the tile runs past the source); ``label``: ``uint8 [T, T]``
+    with 255 wherever the pixel is not valid, or None without a label. Arrays are the tile's own copies.
+    """
+
+    image: str
+    y: int
+    x: int
+    rgba: np.ndarray
+    label: np.ndarray | None = None
+
+    @property
+    def name(self) -> str:
+        return tile_name(self.image, self.y, self.x)
+
+    @property
+    def valid(self) -> np.ndarray:
+        return valid_mask(self.rgba[..., 3])
+
+
+def _cut(window: np.ndarray, x: int, tile: int) -> np.ndarray:
+    part = window[:, x : x + tile]
+    if part.shape[1] == tile:
+        return np.ascontiguousarray(part)
+    out = np.zeros((window.shape[0], tile) + window.shape[2:], np.uint8)
+    out[:, : part.shape[1]] = part
+    return out
+
+
+def iter_tiles(
+    image_path: str | os.PathLike,
+    tile: int,
+    stride: int,
+    label_path: str | os.PathLike | None = None,
+    image: str | None = None,
+) -> Iterator[Tile]:
+    """Cut a (huge) source image, and its label when given, into the contract's tile grid.
+
+    Streams both files once, top to bottom; memory is a few rows of tiles whatever the image size.
+    Yields every grid position (also all-no-data ones: callers decide what to keep) in row-major order.
+    ``image`` names the tiles (default: the file name without ``.png``).
+    """
+    info = check_image(image_path)
+    if label_path is not None:
+        check_label(label_path, info)
+    image = image or Path(image_path).stem
+    ys = grid_positions(info.height, tile, stride)
+    xs = grid_positions(info.width, tile, stride)
+    rows = iter_row_windows(image_path, ys, tile, rgba=True)
+    labels = iter_row_windows(label_path, ys, tile) if label_path is not None else None
+    for y, window in rows:
+        lab_window = next(labels)[1] if labels is not None else None
+        for x in xs:
+            rgba = _cut(window, x, tile)
+            label = None
+            if lab_window is not None:
+                label = _cut(lab_window, x, tile)
+                label[~valid_mask(rgba[..., 3])] = IGNORE
+            yield Tile(image, y, x, rgba, label)
+
+
+# ---- tiles.csv ---------------------------------------------------------------------------------
+
+BASE_COLUMNS = ["name", "image", "y", "x", "size", "valid_pixels"]
+INT_COLUMNS = {"y", "x", "size", "valid_pixels", "height", "width"}
+
+
+def class_columns(num_classes: int) -> list[str]:
+    return [f"c{i}" for i in range(num_classes)]
+
+
+def write_tiles_csv(path: str | os.PathLike, rows: Sequence[dict], columns: Sequence[str]) -> None:
+    """Write ``tiles.csv`` atomically (temporary name, then rename)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.part")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    os.replace(tmp, path)
+
+
+def read_tiles_csv(path: str | os.PathLike) -> list[dict]:
+    """Read ``tiles.csv`` into dicts; integer columns (coordinates, sizes, counts) become ``int``."""
+    from .imageio import InputError
+
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: file not found (run the tiling script first)")
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        for k, v in r.items():
+            if k in INT_COLUMNS or (k.startswith("c") and k[1:].isdigit()):
+                r[k] = int(v)
+    return rows
