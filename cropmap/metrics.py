@@ -206,12 +206,13 @@ class ConfusionMatrix:
         def fmt(value: float) -> str:
             return "n/a" if math.isnan(value) else f"{value:.4f}"
 
-        width = max(12, *(len(f"{i} {n}") for i, n in enumerate(class_names)))
+        summary = (f"mIoU (1..{c - 1})", f"mIoU_all (0..{c - 1})")
+        width = max(len(label) for label in (*summary, *(f"{i} {n}" for i, n in enumerate(class_names))))
         lines = [f"{'class':<{width}} {'IoU':>8} {'label px':>14} {'pred px':>14}"]
         for i, name in enumerate(class_names):
             lines.append(
                 f"{f'{i} {name}':<{width}} {fmt(result['iou'][i]):>8} {int(confusion[i].sum()):>14} {int(confusion[:, i].sum()):>14}"
             )
-        lines.append(f"{f'mIoU (1..{c - 1})':<{width}} {fmt(result['mIoU']):>8}")
-        lines.append(f"{f'mIoU_all (0..{c - 1})':<{width}} {fmt(result['mIoU_all']):>8}")
+        lines.append(f"{summary[0]:<{width}} {fmt(result['mIoU']):>8}")
+        lines.append(f"{summary[1]:<{width}} {fmt(result['mIoU_all']):>8}")
         return "\n".join(lines)
