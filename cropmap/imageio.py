@@ -31,6 +31,8 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _COLOR_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
 _COLOR_NAMES = {0: "grayscale", 2: "RGB", 3: "palette", 4: "grayscale+alpha", 6: "RGBA"}
 IGNORE = 255  # label value for ignored / no-data pixels
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 class InputError(Exception):
@@ -184,7 +186,8 @@ def check_label_values(path: str | os.PathLike, num_classes: int) -> np.ndarray:
 def iter_strips(path: str | os.PathLike, strip_height: int, rgba: bool = False) -> Iterator[tuple[int, np.ndarray]]:
     """Decode a PNG top to bottom in strips of ``strip_height`` rows (the last may be shorter).
 
-    Yields ``(y, strip)`` with ``strip`` a ``uint8 [h, W, C]`` array (C = the file's channels; with
+    Yields ``(y, strip)`` with ``strip`` a ``uint8 [h, W]`` array for single-channel files, else
+    ``uint8 [h, W, C]`` (C = the file's channels; with
     ``rgba=True`` an RGB file gets an alpha channel of 255 appended). Memory is one strip, whatever the
     image size. Decode errors (truncated or corrupt data) raise :class:`InputError`.
     """
@@ -201,7 +204,7 @@ def iter_strips(path: str | os.PathLike, strip_height: int, rgba: bool = False) 
             buf = region.fetch(0, y, width, h)
         except pyvips.Error as e:
             raise InputError(f"{path}: cannot decode PNG at rows {y}..{y + h} ({_first_line(e)})") from None
-        strip = np.frombuffer(buf, dtype=np.uint8).reshape(h, width, bands)
+        strip = np.frombuffer(buf, dtype=np.uint8).reshape((h, width, bands) if bands > 1 else (h, width))
         if rgba and bands == 3:
             out = np.empty((h, width, 4), np.uint8)
             out[..., :3] = strip
@@ -220,7 +223,7 @@ def iter_row_windows(
     """Yield ``(y, rows y..y+height)`` for each ``y`` of the ascending ``rows``, decoding the file once.
 
     Windows may overlap (``rows`` closer than ``height``) and may run past the bottom edge, where they
-    are padded with zeros (no-data). Returns ``uint8 [height, W, C]`` arrays (views that stay valid until
+    are padded with zeros (no-data). Returns ``uint8 [height, W(, C)]`` arrays (views that stay valid until
     the next step). Memory: about two windows, whatever the image size.
     """
     rows = list(rows)
@@ -277,6 +280,7 @@ def read_png(path: str | os.PathLike) -> np.ndarray:
 def _tmp_name(path: Path) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; finished files get the usual permissions
     return Path(tmp)
 
 

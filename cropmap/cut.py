@@ -1,0 +1,194 @@
+"""Cutting huge sources into tile files: what generate_train_data.py and generate_test_data.py share.
+
+The main thread decodes (pyvips, streaming) and cuts; a pool of threads counts pixels and encodes and
+writes the PNG tiles (OpenCV releases the GIL), so decoding and encoding overlap on several cores.
+"""
+
+from __future__ import annotations
+
+import re
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from .imageio import InputError, PngInfo, check_image, check_label, check_label_values, write_png
+from .tiling import Tile, class_columns, grid_positions, iter_tiles
+
+
+@dataclass
+class Source:
+    """One source image (and its label, for training) to be cut into tiles."""
+
+    name: str
+    image: Path
+    label: Path | None = None
+    info: PngInfo | None = None  # filled by :func:`validate`
+    hist: np.ndarray | None = None  # label value counts int64 [256], filled by :func:`validate`
+
+
+def resolve(data_root: str | Path, source_dir: str, images: Sequence[str], with_label: bool) -> list[Source]:
+    """Turn ``--images`` entries into sources.
+
+    An entry is a name looked up as ``{data_root}/{source_dir}/{name}.png`` (label ``{name}_label.png``
+    beside it), or a path to a PNG (its label, if needed, is ``{stem}_label.png`` in the same folder).
+    """
+    out = []
+    for entry in images:
+        p = Path(entry)
+        if p.suffix.lower() == ".png" or len(p.parts) > 1:
+            image = p
+        else:
+            image = Path(data_root) / source_dir / f"{entry}.png"
+        name = image.stem
+        label = image.with_name(f"{name}_label.png") if with_label else None
+        out.append(Source(name, image, label))
+    names = [s.name for s in out]
+    dup = {n for n in names if names.count(n) > 1}
+    if dup:
+        raise InputError(f"--images: two sources share the name {sorted(dup)[0]!r} (tile names would collide)")
+    return out
+
+
+def validate(sources: Sequence[Source], num_classes: int | None = None) -> None:
+    """Check every source before anything is written: headers, sizes, and (streamed) label values."""
+    for s in sources:
+        s.info = check_image(s.image)
+        if s.label is not None:
+            check_label(s.label, s.info)
+    for s in sources:  # the slower check (a decode of each label) only once all headers are fine
+        if s.label is not None and num_classes is not None:
+            s.hist = check_label_values(s.label, num_classes)
+
+
+def clean_partials(*folders: Path) -> None:
+    """Remove temporary files an interrupted run left behind."""
+    for folder in folders:
+        if folder.is_dir():
+            for p in folder.glob(".*.part"):
+                p.unlink(missing_ok=True)
+
+
+def remove_stale(folder: Path, image: str, keep: set[str]) -> int:
+    """Delete tiles of ``image`` in ``folder`` that the current run did not write (from an older run)."""
+    pattern = re.compile(re.escape(image) + r"_\d+_\d+\.png")
+    n = 0
+    if folder.is_dir():
+        for p in folder.iterdir():
+            if pattern.fullmatch(p.name) and p.name not in keep:
+                p.unlink()
+                n += 1
+    return n
+
+
+def cut_source(
+    src: Source,
+    tile: int,
+    stride: int,
+    image_dir: Path,
+    label_dir: Path | None,
+    keep: Callable[[Tile, np.ndarray], bool],
+    rgba_out: bool,
+    num_classes: int,
+    workers: int = 2,
+    progress: bool = True,
+) -> list[dict]:
+    """Cut one source into tiles on disk; returns the ``tiles.csv`` rows of the tiles written.
+
+    ``keep(tile, class_counts)`` decides which tiles are written (all-no-data tiles never are).
+    Data tiles are RGBA when ``rgba_out`` (test windows) else RGB; label tiles go to ``label_dir``.
+    """
+    assert src.info is not None, "validate() first"
+    info = src.info
+    image_dir.mkdir(parents=True, exist_ok=True)
+    if label_dir is not None:
+        label_dir.mkdir(parents=True, exist_ok=True)
+    n_tiles = len(grid_positions(info.height, tile, stride)) * len(grid_positions(info.width, tile, stride))
+
+    def save(t: Tile) -> dict | None:
+        valid = t.valid
+        n_valid = int(np.count_nonzero(valid))
+        if n_valid == 0:
+            return None
+        counts = np.bincount(t.label.ravel(), minlength=256)[:num_classes] if t.label is not None else None
+        if not keep(t, counts):
+            return None
+        name = t.name
+        write_png(image_dir / name, t.rgba if rgba_out else t.rgba[..., :3])
+        if label_dir is not None:
+            write_png(label_dir / name, t.label)
+        row = {"name": name, "image": t.image, "y": t.y, "x": t.x, "size": tile, "valid_pixels": n_valid,
+               "height": info.height, "width": info.width}
+        if counts is not None:
+            row.update(zip(class_columns(num_classes), (int(c) for c in counts)))
+        return row
+
+    rows: list[dict] = []
+    pending: list[Future] = []
+    bar = tqdm(total=n_tiles, desc=f"{src.name} tiles", unit="tile", disable=not progress)
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        try:
+            for t in iter_tiles(src.image, tile, stride, src.label, image=src.name):
+                pending.append(pool.submit(save, t))
+                while len(pending) > 4 * max(1, workers):  # bound the tiles held in memory
+                    _collect(pending.pop(0), rows, bar)
+            for f in pending:
+                _collect(f, rows, bar)
+        except BaseException:
+            for f in pending:
+                f.cancel()
+            raise
+    bar.close()
+    return rows
+
+
+def _collect(f: Future, rows: list[dict], bar: tqdm) -> None:
+    row = f.result()
+    if row is not None:
+        rows.append(row)
+    bar.update(1)
+
+
+def assign_split(rows: list[dict], val_fraction: float, seed: int, block: int) -> None:
+    """Add a ``split`` column: ``train``, ``val`` or ``gap``, spatially disjoint and seeded.
+
+    Each image is divided into square blocks of ``block`` pixels; blocks are drawn at random until about
+    ``val_fraction`` of the image's tiles (by centre) lie in them (at least one block when the fraction is
+    positive): those tiles are ``val``. A tile that
+    overlaps no ``val`` tile is ``train``; the others (overlapping both) are ``gap``, used by neither, so
+    no pixel is seen in training and validation both.
+    """
+    rng = np.random.default_rng(seed)
+    for image in sorted({r["image"] for r in rows}):
+        sel = [r for r in rows if r["image"] == image]
+        ys = np.array([r["y"] for r in sel])
+        xs = np.array([r["x"] for r in sel])
+        size = np.array([r["size"] for r in sel])
+        by = (ys + size // 2) // block
+        bx = (xs + size // 2) // block
+        keys = by * 1_000_003 + bx
+        uniq, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
+        order = rng.permutation(len(uniq))
+        target = val_fraction * len(sel)
+        chosen = np.zeros(len(uniq), bool)
+        total = 0
+        for k in order:  # take blocks at random; skip one that would overshoot the target by far
+            if total >= target or val_fraction <= 0:
+                break
+            if total and total + counts[k] > 1.25 * target:
+                continue
+            chosen[k] = True
+            total += counts[k]
+        is_val = chosen[inverse]
+        overlap = np.zeros(len(sel), bool)
+        vy, vx, vs = ys[is_val], xs[is_val], size[is_val]
+        for start in range(0, len(sel), 4096):  # |dy| < size and |dx| < size, in chunks
+            sl = slice(start, start + 4096)
+            oy = np.abs(ys[sl, None] - vy[None]) < np.maximum(size[sl, None], vs[None])
+            ox = np.abs(xs[sl, None] - vx[None]) < np.maximum(size[sl, None], vs[None])
+            overlap[sl] = (oy & ox).any(axis=1)
+        for r, v, o in zip(sel, is_val, overlap):
+            r["split"] = "val" if v else ("gap" if o else "train")

@@ -1,0 +1,81 @@
+"""Cut the training mosaics and their labels into tiles (contract: data/train/{data,label}/, tiles.csv).
+
+    python generate_train_data.py
+    python generate_train_data.py --tile_size 512 --stride 512 --keep crop --val_fraction 0.1
+
+Streams each source and label once, in strips (memory does not grow with the image size); both cores
+work (decoding in one thread, PNG encoding in --workers threads). Tiles whose pixels are all no-data are
+never written; by default, as in the original, only tiles that contain a crop are kept (--keep valid
+keeps every tile with a valid pixel). tiles.csv gets a spatially disjoint train/val/gap split.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from cropmap import cut
+from cropmap.imageio import run_cli
+from cropmap.tiling import BASE_COLUMNS, TRAIN_DIR, TRAIN_SOURCE_DIR, class_columns, write_tiles_csv
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Cut training images and labels into tiles.", add_help=add_help)
+    p.add_argument("--data_root", default="data", help="data root folder (default: data)")
+    p.add_argument("--source_dir", default=TRAIN_SOURCE_DIR,
+                   help=f"folder under --data_root holding the sources (default: {TRAIN_SOURCE_DIR})")
+    p.add_argument("--images", nargs="+", default=["image_1", "image_2"],
+                   help="names in --source_dir, or paths to PNGs (label: NAME_label.png beside each) (default: image_1 image_2)")
+    p.add_argument("--tile_size", type=int, default=512, help="tile side in pixels (default: 512)")
+    p.add_argument("--stride", type=int, default=None, help="distance between tiles (default: the tile size)")
+    p.add_argument("--keep", choices=["crop", "valid"], default="crop",
+                   help="crop: keep tiles with a crop pixel, as the original (default); valid: every tile with a valid pixel")
+    p.add_argument("--num_classes", type=int, default=4, help="label values are 0..num_classes-1, 255 ignored (default: 4)")
+    p.add_argument("--val_fraction", type=float, default=0.1, help="share of tiles for validation (default: 0.1)")
+    p.add_argument("--split_block", type=int, default=None,
+                   help="side in pixels of the blocks drawn for validation (default: 4 tile sizes)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the train/val split (default: 0)")
+    p.add_argument("--workers", type=int, default=2, help="threads encoding PNG tiles (default: 2)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def main(args: argparse.Namespace) -> list[dict]:
+    stride = args.stride or args.tile_size
+    sources = cut.resolve(args.data_root, args.source_dir, args.images, with_label=True)
+    cut.validate(sources, args.num_classes)  # everything is checked before anything is written
+    out = Path(args.data_root) / TRAIN_DIR
+    data_dir, label_dir = out / "data", out / "label"
+    csv_path = out / "tiles.csv"
+    csv_path.unlink(missing_ok=True)  # an interrupted run must not leave an index that looks finished
+    cut.clean_partials(data_dir, label_dir)
+    crop_classes = slice(1, args.num_classes)
+
+    def keep(tile, counts) -> bool:
+        return args.keep == "valid" or bool(counts[crop_classes].any())
+
+    rows: list[dict] = []
+    t0 = time.perf_counter()
+    for src in sources:
+        new = cut.cut_source(src, args.tile_size, stride, data_dir, label_dir, keep, rgba_out=False,
+                             num_classes=args.num_classes, workers=args.workers, progress=not args.quiet)
+        names = {r["name"] for r in new}
+        cut.remove_stale(data_dir, src.name, names)
+        cut.remove_stale(label_dir, src.name, names)
+        rows += new
+    cut.assign_split(rows, args.val_fraction, args.seed, args.split_block or 4 * args.tile_size)
+    write_tiles_csv(csv_path, rows, BASE_COLUMNS + class_columns(args.num_classes) + ["split"])
+    secs = time.perf_counter() - t0
+    mpix = sum(s.info.width * s.info.height for s in sources) / 1e6
+    splits = {k: sum(r["split"] == k for r in rows) for k in ("train", "val", "gap")}
+    print(f"{len(rows)} tiles ({splits['train']} train, {splits['val']} val, {splits['gap']} gap) "
+          f"from {mpix:.0f} Mpixel in {secs:.1f} s ({mpix / max(secs, 1e-9):.1f} Mpixel/s) -> {out}")
+    return rows
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main, get_args_parser().parse_args()))
