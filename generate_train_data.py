@@ -37,7 +37,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--num_classes", type=int, default=4, help="label values are 0..num_classes-1, 255 ignored (default: 4)")
     p.add_argument("--val_fraction", type=float, default=0.1, help="share of tiles for validation (default: 0.1)")
     p.add_argument("--split_block", type=int, default=None,
-                   help="side in pixels of the blocks drawn for validation (default: 4 tile sizes)")
+                   help="side in pixels of the blocks drawn for validation (default: 4 tile sizes, less on small images)")
     p.add_argument("--seed", type=int, default=0, help="seed of the train/val split (default: 0)")
     p.add_argument("--workers", type=int, default=2, help="threads encoding PNG tiles (default: 2)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -67,7 +67,7 @@ def main(args: argparse.Namespace) -> list[dict]:
         cut.remove_stale(data_dir, src.name, names)
         cut.remove_stale(label_dir, src.name, names)
         rows += new
-    cut.assign_split(rows, args.val_fraction, args.seed, args.split_block or 4 * args.tile_size)
+    cut.assign_split(rows, args.val_fraction, args.seed, args.split_block)
     write_tiles_csv(csv_path, rows, BASE_COLUMNS + class_columns(args.num_classes) + ["split"])
     secs = time.perf_counter() - t0
     mpix = sum(s.info.width * s.info.height for s in sources) / 1e6

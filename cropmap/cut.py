@@ -152,12 +152,13 @@ def _collect(f: Future, rows: list[dict], bar: tqdm) -> None:
     bar.update(1)
 
 
-def assign_split(rows: list[dict], val_fraction: float, seed: int, block: int) -> None:
+def assign_split(rows: list[dict], val_fraction: float, seed: int, block: int | None = None) -> None:
     """Add a ``split`` column: ``train``, ``val`` or ``gap``, spatially disjoint and seeded.
 
-    Each image is divided into square blocks of ``block`` pixels; blocks are drawn at random until about
-    ``val_fraction`` of the image's tiles (by centre) lie in them (at least one block when the fraction is
-    positive): those tiles are ``val``. A tile that
+    Each image is divided into square blocks of ``block`` pixels (default: 4 tile sizes, halved down to
+    one tile size while the image has fewer than ``2 / val_fraction`` blocks); blocks are drawn at random
+    until about ``val_fraction`` of the image's tiles (by centre) lie in them. An image whose tiles all lie
+    in one block gets no validation tiles (it cannot be split in space): those tiles are ``val``. A tile that
     overlaps no ``val`` tile is ``train``; the others (overlapping both) are ``gap``, used by neither, so
     no pixel is seen in training and validation both.
     """
@@ -167,16 +168,22 @@ def assign_split(rows: list[dict], val_fraction: float, seed: int, block: int) -
         ys = np.array([r["y"] for r in sel])
         xs = np.array([r["x"] for r in sel])
         size = np.array([r["size"] for r in sel])
-        by = (ys + size // 2) // block
-        bx = (xs + size // 2) // block
-        keys = by * 1_000_003 + bx
-        uniq, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
+        def blocks(side: int):
+            keys = ((ys + size // 2) // side) * 1_000_003 + (xs + size // 2) // side
+            return np.unique(keys, return_inverse=True, return_counts=True)
+
+        tile = int(size.max())
+        side = block or 4 * tile
+        uniq, inverse, counts = blocks(side)
+        while block is None and side > tile and val_fraction > 0 and len(uniq) < 2 / val_fraction:
+            side = max(tile, side // 2)
+            uniq, inverse, counts = blocks(side)
         order = rng.permutation(len(uniq))
         target = val_fraction * len(sel)
         chosen = np.zeros(len(uniq), bool)
         total = 0
         for k in order:  # take blocks at random; skip one that would overshoot the target by far
-            if total >= target or val_fraction <= 0:
+            if total >= target or val_fraction <= 0 or len(uniq) < 2:
                 break
             if total and total + counts[k] > 1.25 * target:
                 continue

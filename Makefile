@@ -1,0 +1,27 @@
+# The two commands: `make demo` and `make test` (both set up .venv first).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.requirements-installed
+DEMO_ROOT ?= data
+
+.PHONY: setup test demo clean-data
+
+setup: $(STAMP)
+
+# Re-installs only when requirements.txt changes.
+$(STAMP): requirements.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt
+	@touch $@
+
+test: setup
+	$(PY) -m pytest -q tests
+
+demo: setup
+	$(PY) make_synthetic_data.py --data_root $(DEMO_ROOT)
+	$(PY) generate_train_data.py --data_root $(DEMO_ROOT) --tile_size 256
+	$(PY) generate_test_data.py --data_root $(DEMO_ROOT) --tile_size 256
+
+clean-data:
+	rm -rf $(DEMO_ROOT)/jingwei_round1_* $(DEMO_ROOT)/train $(DEMO_ROOT)/test $(DEMO_ROOT)/submit
