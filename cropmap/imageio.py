@@ -284,10 +284,12 @@ def _tmp_name(path: Path) -> Path:
     return Path(tmp)
 
 
-def write_png(path: str | os.PathLike, array: np.ndarray, compression: int = 1) -> None:
+def write_png(path: str | os.PathLike, array: np.ndarray, compression: int | None = None) -> None:
     """Write a small ``uint8 [H, W]`` / ``[H, W, 3]`` (RGB) / ``[H, W, 4]`` (RGBA) array as a PNG, atomically.
 
     The file appears under its final name only when complete (temporary name, then rename).
+    ``compression`` is zlib's level; None keeps OpenCV's default, which is the fastest here (about 2x
+    level 1, with files as small).
     """
     import cv2
 
@@ -298,7 +300,8 @@ def write_png(path: str | os.PathLike, array: np.ndarray, compression: int = 1) 
     if arr.ndim == 3:
         code = {3: cv2.COLOR_RGB2BGR, 4: cv2.COLOR_RGBA2BGRA}[arr.shape[2]]
         arr = cv2.cvtColor(arr, code)
-    ok, data = cv2.imencode(".png", arr, [cv2.IMWRITE_PNG_COMPRESSION, int(compression)])
+    params = [] if compression is None else [cv2.IMWRITE_PNG_COMPRESSION, int(compression)]
+    ok, data = cv2.imencode(".png", arr, params)
     if not ok:
         raise OSError(f"{path}: PNG encoding failed")
     path.parent.mkdir(parents=True, exist_ok=True)

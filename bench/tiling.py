@@ -1,0 +1,130 @@
+"""Benchmark: cutting a huge image and its label into training tiles (run by hand, never by tests).
+
+    python bench/tiling.py                      # 20000 x 20000 synthetic RGBA + label
+    python bench/tiling.py --height 40650 --width 77470 --skip_original   # image_2's real size
+
+Side by side in one run, each in a fresh process (so peak RSS is its own):
+  decode    pyvips streaming decode of the image and its label, nothing else (the floor)
+  ours      generate_train_data.py (streaming, threads)
+  original  the 2019 way: cv2.imread the whole image and label, slice, cv2.imwrite the tiles
+Prints seconds, Mpixel/s, peak RSS and the ratios. Sources are cached under bench/out/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Benchmark the training tiler against the original approach.",
+                                add_help=add_help)
+    p.add_argument("--height", type=int, default=20000, help="source height in pixels (default: 20000)")
+    p.add_argument("--width", type=int, default=20000, help="source width in pixels (default: 20000)")
+    p.add_argument("--tile_size", type=int, default=512, help="tile side (default: 512)")
+    p.add_argument("--workers", type=int, default=2, help="encoding threads for ours (default: 2)")
+    p.add_argument("--out", default=str(ROOT / "bench" / "out"), help="work folder (default: bench/out)")
+    p.add_argument("--skip_original", action="store_true", help="do not run the original approach")
+    p.add_argument("--worker", choices=["decode", "ours", "original"], help=argparse.SUPPRESS)
+    p.add_argument("--src", help=argparse.SUPPRESS)
+    return p
+
+
+def _maxrss_mb() -> float:
+    """Peak RSS of this process (VmHWM: unlike ru_maxrss it does not inherit the parent's peak at exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def worker(args) -> dict:
+    src = Path(args.src)
+    label = src.with_name(src.stem + "_label.png")
+    work = Path(args.out) / f"tiles_{args.worker}"
+    shutil.rmtree(work, ignore_errors=True)
+    t0 = time.perf_counter()
+    if args.worker == "decode":
+        from cropmap.imageio import iter_strips
+
+        for path in (src, label):
+            for _ in iter_strips(path, args.tile_size):
+                pass
+    elif args.worker == "ours":
+        import generate_train_data
+
+        a = generate_train_data.get_args_parser().parse_args(
+            ["--data_root", str(work), "--images", str(src), "--tile_size", str(args.tile_size),
+             "--workers", str(args.workers), "--quiet"])
+        generate_train_data.main(a)
+    else:
+        import cv2
+        import numpy as np
+
+        img = cv2.imread(str(src), cv2.IMREAD_UNCHANGED)
+        lab = cv2.imread(str(label), cv2.IMREAD_UNCHANGED)
+        (work / "data").mkdir(parents=True)
+        (work / "label").mkdir(parents=True)
+        t = args.tile_size
+        for y in range(0, img.shape[0] - t + 1, t):
+            for x in range(0, img.shape[1] - t + 1, t):
+                lt = lab[y : y + t, x : x + t]
+                if not np.any((lt > 0) & (lt < 4)):
+                    continue
+                cv2.imwrite(str(work / "data" / f"{y}_{x}.png"), img[y : y + t, x : x + t, :3])
+                cv2.imwrite(str(work / "label" / f"{y}_{x}.png"), lt)
+    secs = time.perf_counter() - t0
+    tiles = work / "train" / "data" if args.worker == "ours" else work / "data"
+    n = sum(1 for _ in tiles.iterdir()) if tiles.exists() else 0
+    shutil.rmtree(work, ignore_errors=True)
+    return {"seconds": secs, "maxrss_mb": _maxrss_mb(), "tiles": n}
+
+
+def main(args) -> None:
+    if args.worker:
+        print(json.dumps(worker(args)))
+        return
+    from cropmap import synthetic
+
+    out = Path(args.out)
+    src = out / f"src_{args.height}x{args.width}" / "bench.png"
+    if not src.exists():
+        print(f"synthesizing {args.height}x{args.width} -> {src} ...", flush=True)
+        src.parent.mkdir(parents=True, exist_ok=True)
+        synthetic.write_image(src, src.with_name("bench_label.png"), args.height, args.width, seed=1)
+    mpix = args.height * args.width / 1e6
+    results = {}
+    kinds = ["decode", "ours"] + ([] if args.skip_original else ["original"])
+    for kind in kinds:
+        cmd = [sys.executable, __file__, "--worker", kind, "--src", str(src), "--tile_size", str(args.tile_size),
+               "--workers", str(args.workers), "--out", str(out)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode:
+            print(proc.stderr, file=sys.stderr)
+            raise SystemExit(f"{kind} failed")
+        results[kind] = json.loads(proc.stdout.strip().splitlines()[-1])
+        r = results[kind]
+        print(f"{kind:9s} {r['seconds']:8.1f} s  {mpix / r['seconds']:7.1f} Mpixel/s  "
+              f"peak RSS {r['maxrss_mb']:8.0f} MB  tiles {r['tiles']}", flush=True)
+    ours = results["ours"]
+    print(f"\n| {args.height}x{args.width} | seconds | Mpixel/s | peak RSS (MB) |\n|---|---|---|---|")
+    for k, r in results.items():
+        print(f"| {k} | {r['seconds']:.1f} | {mpix / r['seconds']:.1f} | {r['maxrss_mb']:.0f} |")
+    print(f"\nours / decode throughput: {results['decode']['seconds'] / ours['seconds']:.2f}")
+    if "original" in results:
+        o = results["original"]
+        print(f"speed-up over original: {o['seconds'] / ours['seconds']:.2f}x; "
+              f"peak RSS ours/original: {ours['maxrss_mb'] / o['maxrss_mb']:.3f}")
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())
