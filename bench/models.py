@@ -72,8 +72,8 @@ def _time(step, device, warmup: int, iters: int) -> float:
     return (time.perf_counter() - start) / iters
 
 
-def _measure(model, x, device, args, channels_last: bool) -> tuple[float, float, float | None]:
-    """(forward img/s, forward+backward img/s, peak CUDA MiB of fwd+bwd or None)."""
+def _measure(model, x, device, args, channels_last: bool, label: str) -> tuple[float | None, float | None, float | None]:
+    """(forward img/s, forward+backward img/s, peak CUDA MiB of fwd+bwd); None where a step failed."""
     import torch
 
     fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -95,16 +95,19 @@ def _measure(model, x, device, args, channels_last: bool) -> tuple[float, float,
             loss = sum(v.float().mean() for v in out.values())
         loss.backward()
 
-    model.eval()
-    t_fwd = _time(forward, device, args.warmup, args.iters)
-    model.train()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    t_bwd = _time(forward_backward, device, args.warmup, args.iters)
-    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    results: list[float | None] = []
+    for mode, step in (("eval", forward), ("train", forward_backward)):
+        model.train(mode == "train")
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        try:
+            results.append(x.shape[0] / _time(step, device, args.warmup, args.iters))
+        except (RuntimeError, ValueError) as exc:  # out of memory; batch 1 in train mode (BatchNorm)
+            print(f"{label} channels_last={channels_last} {mode}: {exc}", file=sys.stderr)
+            results.append(None)
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" and results[1] else None
     model.zero_grad(set_to_none=True)
-    n = x.shape[0]
-    return n / t_fwd, n / t_bwd, peak
+    return results[0], results[1], peak
 
 
 def main(args) -> str:
@@ -134,18 +137,12 @@ def main(args) -> str:
             name, backbone, num_classes=args.num_classes, output_stride=args.output_stride, aux=True
         ).to(device)
         params = sum(p.numel() for p in model.parameters()) / 1e6
-        cells = {}
-        for channels_last in (False, True):
-            try:
-                cells[channels_last] = _measure(model, x, device, args, channels_last)
-            except (RuntimeError, ValueError) as exc:  # out of memory; batch 1 in train mode (BatchNorm)
-                print(f"<!-- {name}/{backbone} channels_last={channels_last}: {exc} -->", file=sys.stderr)
-                cells[channels_last] = None
+        cells = {cl: _measure(model, x, device, args, cl, f"{name}/{backbone}") for cl in (False, True)}
 
         def fmt(entry, i):
-            if entry is None:
-                return "error"
-            return "-" if entry[i] is None else f"{entry[i]:.2f}" if i < 2 else f"{entry[i]:.0f}"
+            if entry[i] is None:
+                return "error" if i < 2 else "-"
+            return f"{entry[i]:.2f}" if i < 2 else f"{entry[i]:.0f}"
 
         row = [name, backbone, f"{params:.1f}", fmt(cells[False], 0), fmt(cells[True], 0), fmt(cells[False], 1), fmt(cells[True], 1)]
         if device.type == "cuda":
