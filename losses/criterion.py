@@ -25,7 +25,7 @@ class CrossEntropyLoss(nn.Module):
         self.ignore_index = ignore_index
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        total = F.cross_entropy(_as_float(logits), target, ignore_index=self.ignore_index, reduction="sum")
+        total = F.cross_entropy(_as_float(logits), target.long(), ignore_index=self.ignore_index, reduction="sum")
         return total / (target != self.ignore_index).sum().clamp_min(1)
 
 

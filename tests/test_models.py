@@ -235,3 +235,18 @@ def test_pretrained_mismatch_and_missing_file(tmp_path):
         build_model("deeplabv3", "resnet18", pretrained=str(bad))
     with pytest.raises(FileNotFoundError, match="nothere.pth"):
         build_model("unet", "resnet34", pretrained=str(tmp_path / "nothere.pth"))
+
+
+def test_pretrained_imagenet_goes_through_torchvision_weights(monkeypatch):
+    """'imagenet' asks torchvision's IMAGENET1K_V1 weights (faked here: tests never download)."""
+    state = _randomised_resnet_state("resnet18", 5)
+    requested = []
+
+    def fake_get_state_dict(self, *args, **kwargs):
+        requested.append(self)
+        return state
+
+    monkeypatch.setattr(torchvision.models.ResNet18_Weights, "get_state_dict", fake_get_state_dict)
+    model = build_model("deeplabv3", "resnet18", pretrained="imagenet", aux=False)
+    assert requested == [torchvision.models.ResNet18_Weights.IMAGENET1K_V1]
+    assert torch.equal(model.backbone.state_dict()["layer2.0.conv1.weight"], state["layer2.0.conv1.weight"])
