@@ -1,0 +1,207 @@
+"""Stitch overlapping window predictions into a full-size map, one band of rows at a time.
+
+Windows arrive sorted by their top row ``y`` (any ``x`` order within a row). Their class probabilities
+are accumulated, weighted by a window that favours each window's centre (:func:`weight_window`), into
+a band of ``tile`` rows covering the current window row. When the next window row starts at ``y``, every
+row above ``y`` is finished (no later window covers it): those rows are turned into labels (argmax),
+handed to a sink (e.g. :class:`cropmap.imageio.PngStripWriter`) and dropped.
+
+Memory: the band is ``float32 [C, tile, W]`` (``4 * C * tile * W`` bytes, 32 MiB for C=4, tile=512,
+W=4096) plus one finished strip at a time: independent of the image height, proportional to its width.
+
+A pixel is 0 in the map wherever no window marks it valid (alpha 255): no-data, or not covered at all.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+#: Blending modes: "gaussian" weights each window by a separable Gaussian centred on it (seams vanish);
+#: "none" pastes windows without weights, a later window overwriting an earlier one (the original's way).
+BLEND_MODES = ("gaussian", "none")
+
+#: Default colours of the classes in previews (RGB): other, tobacco, corn, coix.
+PALETTE = np.array(
+    [[0, 0, 0], [255, 200, 0], [0, 200, 0], [230, 30, 200], [0, 120, 255], [255, 60, 60]], np.uint8
+)
+
+
+def weight_window(size: int, sigma_scale: float = 0.125, floor: float = 1e-3) -> np.ndarray:
+    """Blending weights of one ``size`` x ``size`` window: ``float32 [size, size]``, 1 at the centre.
+
+    The outer product of a 1-D Gaussian (``sigma = sigma_scale * size``) with itself, the 1-D profile
+    clipped below at ``floor`` so that the pixels at a window's edge (which may be the image's edge,
+    covered by no other window) keep a positive weight (``floor**2`` at the corners). Clipping the
+    profile rather than the product keeps the window separable: where two windows side by side
+    overlap, the nearer centre wins on every row.
+    """
+    if size <= 0:
+        raise ValueError("size must be positive")
+    centre = (size - 1) / 2
+    sigma = max(sigma_scale * size, 1e-6)
+    ramp = np.exp(-0.5 * ((np.arange(size) - centre) / sigma) ** 2)
+    ramp = np.maximum(ramp / ramp.max(), floor)
+    return np.outer(ramp, ramp).astype(np.float32)
+
+
+def probs_to_uint8(acc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and quantised probabilities from accumulated weighted scores.
+
+    Args:
+        acc: ``float32 [C, h, W]``, the weighted sum of class probabilities of every window covering
+            each pixel (all zero where no window marked the pixel valid).
+
+    Returns:
+        ``labels`` ``uint8 [h, W]`` (argmax, 0 where ``acc`` sums to 0) and ``probs`` ``uint8 [C, h, W]``
+        (``round(255 * acc / acc.sum(0))``, 0 where the sum is 0).
+    """
+    total = acc.sum(axis=0)
+    covered = total > 0
+    labels = np.argmax(acc, axis=0).astype(np.uint8)
+    labels[~covered] = 0
+    scale = np.where(covered, 255.0 / np.where(covered, total, 1.0), 0.0).astype(np.float32)
+    probs = np.rint(acc * scale[None]).clip(0, 255).astype(np.uint8)
+    return labels, probs
+
+
+# sink(y, labels uint8 [h, W], probs uint8 [C, h, W] or None)
+Sink = Callable[[int, np.ndarray, "np.ndarray | None"], None]
+
+
+class BandStitcher:
+    """Accumulate window probabilities into a band of rows; emit finished rows top to bottom.
+
+    Args:
+        height, width: size of the full map (the source image), in pixels.
+        num_classes: C, the number of probability planes of each window.
+        tile: window side T (windows are ``T x T``; they may run past the image's far edge, e.g. when
+            the source is smaller than one tile: the outside part is ignored).
+        sink: called as ``sink(y, labels, probs)`` for consecutive row ranges covering ``0..height``
+            exactly once, in order: ``labels`` ``uint8 [h, W]``; ``probs`` ``uint8 [C, h, W]`` when
+            ``keep_probs`` else None. The arrays may be reused after the call returns.
+        blend: ``"gaussian"`` (weighted by :func:`weight_window`) or ``"none"`` (paste, last one wins).
+        keep_probs: also hand quantised probabilities to the sink.
+
+    Call :meth:`add` for every window in ascending ``y``, then :meth:`finish`.
+    """
+
+    def __init__(
+        self,
+        height: int,
+        width: int,
+        num_classes: int,
+        tile: int,
+        sink: Sink,
+        blend: str = "gaussian",
+        keep_probs: bool = False,
+    ):
+        if blend not in BLEND_MODES:
+            raise ValueError(f"unknown blend {blend!r}; valid: {', '.join(BLEND_MODES)}")
+        self.height, self.width, self.num_classes, self.tile = int(height), int(width), int(num_classes), int(tile)
+        self.sink, self.blend, self.keep_probs = sink, blend, keep_probs
+        self.weight = weight_window(self.tile) if blend == "gaussian" else None
+        self.band = np.zeros((self.num_classes, self.tile, self.width), np.float32)
+        self.band_y = 0  # image row of band row 0
+        self.emitted = 0  # rows handed to the sink so far
+        self._last_y = 0
+
+    def _emit(self, upto: int) -> None:
+        """Hand rows ``emitted..upto`` to the sink; rows below the band are all-zero (uncovered)."""
+        upto = min(upto, self.height)
+        while self.emitted < upto:
+            y = self.emitted
+            if y < self.band_y + self.tile:
+                stop = min(upto, self.band_y + self.tile)
+                acc = self.band[:, y - self.band_y : stop - self.band_y]
+            else:  # rows between band and next window row: no window covers them
+                stop = min(upto, y + self.tile)
+                acc = np.zeros((self.num_classes, stop - y, self.width), np.float32)
+            labels, probs = probs_to_uint8(acc)
+            self.sink(y, labels, probs if self.keep_probs else None)
+            self.emitted = stop
+
+    def _advance(self, y: int) -> None:
+        """Finish every row above ``y`` and move the band to start at ``y``."""
+        if y <= self.band_y:
+            return
+        self._emit(y)
+        shift = y - self.band_y
+        if shift < self.tile:
+            self.band[:, : self.tile - shift] = self.band[:, shift:]
+            self.band[:, self.tile - shift :] = 0
+        else:
+            self.band[:] = 0
+        self.band_y = y
+
+    def add(self, y: int, x: int, probs: np.ndarray, valid: np.ndarray) -> None:
+        """Add one window.
+
+        Args:
+            y, x: the window's top-left pixel in the image (``y`` not less than the previous window's).
+            probs: ``float32 [C, T, T]`` class probabilities (each pixel's sum 1).
+            valid: ``bool [T, T]``, True where the source pixel is valid (alpha 255).
+        """
+        if y < self._last_y:
+            raise ValueError("windows must be added in ascending y")
+        self._last_y = y
+        self._advance(y)
+        h = min(self.tile, self.height - y)
+        w = min(self.tile, self.width - x)
+        if h <= 0 or w <= 0:
+            return
+        p = probs[:, :h, :w]
+        v = valid[:h, :w]
+        region = self.band[:, :h, x : x + w]
+        if self.weight is None:
+            np.copyto(region, p, where=v[None])
+        else:
+            region += p * (self.weight[:h, :w] * v)[None]
+
+    def finish(self) -> None:
+        """Emit every remaining row (call once, after the last :meth:`add`)."""
+        self._emit(self.height)
+
+
+class PreviewCanvas:
+    """A downscaled colour preview of a map over its image, built while the map streams past.
+
+    The scale is ``s = ceil(max(H, W) / max_side)``; preview pixel ``(i, j)`` shows image pixel
+    ``(i*s, j*s)`` (nearest). Memory: ``4 * (H/s) * (W/s)`` bytes.
+    """
+
+    def __init__(self, height: int, width: int, max_side: int = 2048):
+        self.scale = max(1, -(-max(height, width) // max_side))
+        self.height, self.width = height, width
+        ph, pw = -(-height // self.scale), -(-width // self.scale)
+        self.rgb = np.zeros((ph, pw, 3), np.uint8)
+        self.labels = np.zeros((ph, pw), np.uint8)
+
+    def _offsets(self, y: int, x: int) -> tuple[int, int]:
+        return (-y) % self.scale, (-x) % self.scale
+
+    def add_image(self, y: int, x: int, rgb: np.ndarray) -> None:
+        """Paste an image window ``uint8 [T, T, 3+]`` whose top-left pixel is ``(y, x)``."""
+        s = self.scale
+        h, w = min(rgb.shape[0], self.height - y), min(rgb.shape[1], self.width - x)
+        i0, j0 = self._offsets(y, x)
+        part = rgb[i0:h:s, j0:w:s, :3]
+        py, px = (y + i0) // s, (x + j0) // s
+        self.rgb[py : py + part.shape[0], px : px + part.shape[1]] = part
+
+    def add_labels(self, y: int, labels: np.ndarray) -> None:
+        """Record map rows ``labels`` (``uint8 [h, W]``) starting at image row ``y``."""
+        s = self.scale
+        i0 = (-y) % s
+        part = labels[i0::s, ::s]
+        py = (y + i0) // s
+        self.labels[py : py + part.shape[0]] = part
+
+    def render(self, alpha: float = 0.5, palette: np.ndarray = PALETTE) -> np.ndarray:
+        """``uint8 [h, w, 3]``: the image with each crop class tinted by its palette colour."""
+        colours = palette[np.minimum(self.labels, len(palette) - 1)].astype(np.float32)
+        out = self.rgb.astype(np.float32)
+        crop = self.labels > 0
+        out[crop] = (1 - alpha) * out[crop] + alpha * colours[crop]
+        return out.round().astype(np.uint8)
