@@ -40,6 +40,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                    help="side in pixels of the blocks drawn for validation (default: 4 tile sizes, less on small images)")
     p.add_argument("--seed", type=int, default=0, help="seed of the train/val split (default: 0)")
     p.add_argument("--workers", type=int, default=2, help="threads encoding PNG tiles (default: 2)")
+    p.add_argument("--compression", type=int, default=0, choices=range(10), metavar="0-9",
+                   help="PNG zlib level of the image tiles: 0 (default) stores them uncompressed, fastest to write "
+                        "and to read in training, about twice the disk of level 1-9; label tiles are always compressed")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
@@ -62,7 +65,8 @@ def main(args: argparse.Namespace) -> list[dict]:
     t0 = time.perf_counter()
     for src in sources:
         new = cut.cut_source(src, args.tile_size, stride, data_dir, label_dir, keep, rgba_out=False,
-                             num_classes=args.num_classes, workers=args.workers, progress=not args.quiet)
+                             num_classes=args.num_classes, workers=args.workers, progress=not args.quiet,
+                             compression=args.compression)
         names = {r["name"] for r in new}
         cut.remove_stale(data_dir, src.name, names)
         cut.remove_stale(label_dir, src.name, names)

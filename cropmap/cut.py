@@ -95,11 +95,14 @@ def cut_source(
     num_classes: int,
     workers: int = 2,
     progress: bool = True,
+    compression: int | None = 0,
 ) -> list[dict]:
     """Cut one source into tiles on disk; returns the ``tiles.csv`` rows of the tiles written.
 
     ``keep(tile, class_counts)`` decides which tiles are written (all-no-data tiles never are).
-    Data tiles are RGBA when ``rgba_out`` (test windows) else RGB; label tiles go to ``label_dir``.
+    Data tiles are RGBA when ``rgba_out`` (test windows) else RGB, written with PNG ``compression``
+    (see :func:`~cropmap.imageio.write_png`); label tiles go to ``label_dir`` (default compression: they are
+    small).
     """
     assert src.info is not None, "validate() first"
     info = src.info
@@ -117,7 +120,7 @@ def cut_source(
         if not keep(t, counts):
             return None
         name = t.name
-        write_png(image_dir / name, t.rgba if rgba_out else t.rgba[..., :3])
+        write_png(image_dir / name, t.rgba if rgba_out else t.rgba[..., :3], compression)
         if label_dir is not None:
             write_png(label_dir / name, t.label)
         row = {"name": name, "image": t.image, "y": t.y, "x": t.x, "size": tile, "valid_pixels": n_valid,

@@ -31,6 +31,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _COLOR_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
 _COLOR_NAMES = {0: "grayscale", 2: "RGB", 3: "palette", 4: "grayscale+alpha", 6: "RGBA"}
 IGNORE = 255  # label value for ignored / no-data pixels
+_FETCH_ROWS = 8  # rows per libvips fetch (measured: 8-16 rows decode ~2x faster than 512, in less memory)
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -198,13 +199,18 @@ def iter_strips(path: str | os.PathLike, strip_height: int, rgba: bool = False) 
         raise InputError(f"{path}: unsupported pixel format {img.format} (expected 8-bit)")
     width, height, bands = img.width, img.height, img.bands
     region = pyvips.Region.new(img)
+    shape = (width, bands) if bands > 1 else (width,)
     for y in range(0, height, strip_height):
         h = min(strip_height, height - y)
-        try:
-            buf = region.fetch(0, y, width, h)
-        except pyvips.Error as e:
-            raise InputError(f"{path}: cannot decode PNG at rows {y}..{y + h} ({_first_line(e)})") from None
-        strip = np.frombuffer(buf, dtype=np.uint8).reshape((h, width, bands) if bands > 1 else (h, width))
+        strip = np.empty((h,) + shape, np.uint8)
+        # many small fetches: libvips decodes them faster, and in less memory, than one large one
+        for r in range(0, h, _FETCH_ROWS):
+            n = min(_FETCH_ROWS, h - r)
+            try:
+                buf = region.fetch(0, y + r, width, n)
+            except pyvips.Error as e:
+                raise InputError(f"{path}: cannot decode PNG at row {y + r} ({_first_line(e)})") from None
+            strip[r : r + n] = np.frombuffer(buf, dtype=np.uint8).reshape((n,) + shape)
         if rgba and bands == 3:
             out = np.empty((h, width, 4), np.uint8)
             out[..., :3] = strip
@@ -288,8 +294,9 @@ def write_png(path: str | os.PathLike, array: np.ndarray, compression: int | Non
     """Write a small ``uint8 [H, W]`` / ``[H, W, 3]`` (RGB) / ``[H, W, 4]`` (RGBA) array as a PNG, atomically.
 
     The file appears under its final name only when complete (temporary name, then rename).
-    ``compression`` is zlib's level; None keeps OpenCV's default, which is the fastest here (about 2x
-    level 1, with files as small).
+    ``compression``: None keeps OpenCV's default (RLE, sub filter: as small as level 1 and twice as
+    fast); 0 stores the rows uncompressed (about 9x faster to write than the default, and to read;
+    files about twice as large on noisy imagery); 1-9 is zlib's level.
     """
     import cv2
 
@@ -300,7 +307,12 @@ def write_png(path: str | os.PathLike, array: np.ndarray, compression: int | Non
     if arr.ndim == 3:
         code = {3: cv2.COLOR_RGB2BGR, 4: cv2.COLOR_RGBA2BGRA}[arr.shape[2]]
         arr = cv2.cvtColor(arr, code)
-    params = [] if compression is None else [cv2.IMWRITE_PNG_COMPRESSION, int(compression)]
+    if compression is None:
+        params = []
+    elif compression == 0:
+        params = [cv2.IMWRITE_PNG_COMPRESSION, 0, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE]
+    else:
+        params = [cv2.IMWRITE_PNG_COMPRESSION, int(compression)]
     ok, data = cv2.imencode(".png", arr, params)
     if not ok:
         raise OSError(f"{path}: PNG encoding failed")
