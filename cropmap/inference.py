@@ -24,12 +24,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from .data import IMAGENET_MEAN, IMAGENET_STD  # the one definition of the normalisation
 from .imageio import InputError, PngStripWriter, read_png, write_png
 from .stitch import BandStitcher, PreviewCanvas
-
-# ImageNet normalisation of RGB / 255 (the models' pretrained encoders expect it)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 #: TTA levels: "none"; "flip": identity, horizontal and vertical flip; "d4": the 8 flips/90-degree rotations.
 TTA_MODES = ("none", "flip", "d4")

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from cropmap.imageio import InputError, read_png, write_png
-from cropmap.inference import IMAGENET_MEAN, IMAGENET_STD, predict_image, prob_paths
+from cropmap.data import IMAGENET_MEAN, IMAGENET_STD
+from cropmap.inference import predict_image, prob_paths
 from cropmap.stitch import BandStitcher, PreviewCanvas, weight_window
 from cropmap import tiling
 from cropmap.tiling import iter_tiles
