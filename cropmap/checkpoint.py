@@ -1,0 +1,173 @@
+"""Checkpoints: names, atomic saving, random states, and rebuilding a model from a file.
+
+A checkpoint is a dict loadable with ``torch.load(path, weights_only=True)``::
+
+    model      state_dict of the weights to predict with (SWA: the averaged model)
+    args       the run's flags as a plain dict (str/int/float/bool/None/list)
+    epoch      number of epochs completed (1-based)
+    optimizer  optimizer state_dict
+    metrics    validation metrics of that epoch ({} when not validated)
+    ...        resume state: scheduler, rng, hooks (e.g. SWA), scaler, history, best_miou,
+               train_model (the optimised weights when they differ from ``model``)
+
+Files: ``{data_root}/model/{model}_{backbone}_{exp}_epoch{N}.pth``, ``..._last.pth``, ``..._best.pth``.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .imageio import InputError
+
+MODEL_DIR = "model"
+
+
+def run_name(args: dict) -> str:
+    """``{model}_{backbone}_{exp}``: the stem of a run's checkpoints and its log folder."""
+    return f"{args['model']}_{args['backbone']}_{args['exp']}"
+
+
+def checkpoint_path(model_dir: str | os.PathLike, args: dict, tag: str) -> Path:
+    """``{model_dir}/{run_name}_{tag}.pth``; ``tag`` is ``epoch{N}``, ``last`` or ``best``."""
+    return Path(model_dir) / f"{run_name(args)}_{tag}.pth"
+
+
+def plain_args(args) -> dict:
+    """A Namespace or dict of flags as a plain dict that ``weights_only`` loading accepts.
+
+    Values other than str/int/float/bool/None and lists/tuples of them become strings.
+    """
+    items = vars(args).items() if not isinstance(args, dict) else args.items()
+
+    def plain(v):
+        if v is None or isinstance(v, (str, int, float, bool)):
+            return v
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        return str(v)
+
+    return {str(k): plain(v) for k, v in items}
+
+
+def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
+    """``torch.save`` to a temporary name in the same folder, then rename: never a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
+    """``torch.load(path, weights_only=True)``; :class:`InputError` if missing or not a cropmap checkpoint."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: checkpoint not found")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # corrupt file, not a torch file, or unsafe content
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InputError(f"{path}: cannot load checkpoint ({first[:160]})") from None
+    if not isinstance(state, dict) or "model" not in state or "args" not in state:
+        raise InputError(f"{path}: not a cropmap checkpoint (no 'model' and 'args' entries)")
+    return state
+
+
+def _has_aux(state_dict: dict) -> bool:
+    return any(k.startswith(("aux_classifier.", "aux_head.")) for k in state_dict)
+
+
+def load_model(path: str | os.PathLike, device="cpu", aux: bool = False) -> tuple[nn.Module, dict]:
+    """Rebuild a checkpoint's model from its saved flags and load its weights.
+
+    Args:
+        path: checkpoint file.
+        device: where to put the model.
+        aux: keep the auxiliary head (if the checkpoint has one); off by default, since prediction
+            only needs ``"out"``.
+
+    Returns:
+        ``(model in eval mode on device, args dict)``; ``model(x float32 [B, 3, H, W])`` returns
+        ``{"out": logits [B, num_classes, H, W]}``.
+
+    Raises:
+        InputError: missing/corrupt file, or weights that do not fit the saved model flags.
+    """
+    from models import build_model
+
+    state = load_checkpoint(path)
+    args = state["args"]
+    weights = state["model"]
+    keep_aux = aux and _has_aux(weights)
+    if not keep_aux:
+        weights = {k: v for k, v in weights.items() if not k.startswith(("aux_classifier.", "aux_head."))}
+    try:
+        model = build_model(
+            args["model"],
+            args["backbone"],
+            num_classes=int(args.get("num_classes", 4)),
+            pretrained=None,
+            output_stride=int(args.get("output_stride", 16)),
+            aux=keep_aux,
+        )
+        model.load_state_dict(weights)
+    except (KeyError, ValueError, RuntimeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InputError(f"{path}: weights do not fit the saved model flags ({first[:160]})") from None
+    return model.to(device).eval(), dict(args)
+
+
+def find_best(model_dir: str | os.PathLike) -> Path:
+    """The newest (by modification time) ``*_best.pth`` in ``model_dir``; :class:`InputError` if none."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise InputError(f"{model_dir}: model folder not found (train a model first)")
+    found = sorted(model_dir.glob("*_best.pth"), key=lambda p: (p.stat().st_mtime, p.name))
+    if not found:
+        raise InputError(f"{model_dir}: no *_best.pth checkpoint (train a model first)")
+    return found[-1]
+
+
+# ---- random states ------------------------------------------------------------------------------
+
+
+def get_rng_state() -> dict:
+    """Python, numpy, torch (and CUDA) generator states as tensors (``weights_only``-loadable)."""
+    version, internal, gauss = random.getstate()
+    np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    state = {
+        "python": torch.tensor(internal, dtype=torch.int64),
+        "python_version": int(version),
+        "python_gauss": gauss,
+        "numpy_keys": torch.from_numpy(np.ascontiguousarray(np_keys).view(np.uint8).copy()),
+        "numpy_pos": int(np_pos),
+        "numpy_has_gauss": int(np_has_gauss),
+        "numpy_gauss": float(np_gauss),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what :func:`get_rng_state` saved."""
+    random.setstate((state["python_version"], tuple(int(x) for x in state["python"].tolist()), state["python_gauss"]))
+    keys = state["numpy_keys"].numpy().view(np.uint32)
+    np.random.set_state(("MT19937", keys, state["numpy_pos"], state["numpy_has_gauss"], state["numpy_gauss"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        cuda = state["cuda"]
+        if len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
