@@ -1,0 +1,458 @@
+"""Streaming post-processing of full-size maps: voting, hole filling, and the readers they share.
+
+Maps are single-channel ``uint8`` PNGs (values ``0..C-1``, 0 at no-data). Everything here reads them
+top to bottom in strips (:func:`cropmap.imageio.iter_strips`) and writes with
+:class:`cropmap.imageio.PngStripWriter`; memory depends on the map's width, never on its height.
+
+Inside the fill pipelines no-data travels *in* the map as :data:`NODATA` (255), so that one ``uint8``
+band carries both (a "work" strip); it becomes 0 again when written.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
+
+import cv2
+import numpy as np
+
+from .imageio import InputError, PngInfo, PngStripWriter, check_image, iter_strips, png_info
+
+NODATA = 255  # no-data marker inside work strips
+FILL_METHODS = ("morph", "square")
+
+
+# ---- reading several maps in step ---------------------------------------------------------------
+
+
+def check_map(path: str | os.PathLike, like: PngInfo | None = None) -> PngInfo:
+    """Header check of a map: 8-bit single channel, and the size of ``like`` when given (InputError)."""
+    info = png_info(path)
+    if info.bit_depth != 8 or info.color_type != 0:
+        raise InputError(f"{info.path}: maps must be 8-bit single-channel PNGs, got {info.bit_depth}-bit {info.color_name}")
+    if like is not None and info.shape != like.shape:
+        raise InputError(
+            f"{info.path}: size {info.height}x{info.width} differs from {like.path} ({like.height}x{like.width}, H x W)"
+        )
+    return info
+
+
+def strip_rows(width: int, pixels: int = 1 << 23) -> int:
+    """Rows per strip so that one strip holds about ``pixels`` pixels (at least 16 rows)."""
+    return max(16, pixels // max(width, 1))
+
+
+def iter_zip(paths: Sequence[str | os.PathLike], rows: int) -> Iterator[tuple[int, list[np.ndarray]]]:
+    """Decode several same-size PNGs in step: yields ``(y, [strip per path])``.
+
+    Strips are ``uint8 [h, W]`` for single-channel files and ``[h, W, 4]`` (RGBA; RGB gets alpha 255)
+    otherwise. Sizes must have been checked by the caller.
+    """
+    iters = []
+    for p in paths:
+        gray = png_info(p).color_type == 0
+        iters.append((gray, iter_strips(p, rows, rgba=not gray)))
+    while True:
+        got = [next(it, None) for _, it in iters]
+        if got[0] is None:
+            return
+        y = got[0][0]
+        strips = [s[..., 0] if gray and s.ndim == 3 else s for (gray, _), (_, s) in zip(iters, got)]
+        yield y, strips
+
+
+def _check_values(strip: np.ndarray, num_classes: int, path) -> None:
+    if strip.size and int(strip.max()) >= num_classes:
+        bad = int(strip[strip >= num_classes][0])
+        raise InputError(f"{path}: map value {bad} outside 0..{num_classes - 1}")
+
+
+# ---- voting -------------------------------------------------------------------------------------
+
+
+def resolve_ties(scores: np.ndarray, maps: np.ndarray, priority: Sequence[int] | None = None) -> np.ndarray:
+    """Per pixel the class with the highest score, ties broken by the inputs' order or by ``priority``.
+
+    Args:
+        scores: ``[C, h, W]`` votes or summed probabilities per class.
+        maps: ``uint8 [N, h, W]`` the inputs' own predictions, most trusted first.
+        priority: class order for ties (``[1, 3, 2, 0]``: 1 wins any tie it is in, then 3 ...). Without it
+            a tie goes to the tied class that the earliest input predicted (the lowest tied class
+            index if no input predicted a tied class, possible in soft voting).
+
+    Returns:
+        ``uint8 [h, W]``.
+    """
+    best = scores.max(axis=0)
+    tied = scores == best[None]
+    out = np.argmax(tied, axis=0).astype(np.uint8)  # lowest tied class index
+    if priority is not None:
+        for c in reversed(list(priority)):
+            out[tied[c]] = c
+        return out
+    for m in maps[::-1]:  # earliest input last, so it wins
+        ok = np.take_along_axis(tied, m[None].astype(np.intp), axis=0)[0]
+        out = np.where(ok, m, out)
+    return out
+
+
+def vote_strip(
+    maps: np.ndarray, num_classes: int, priority: Sequence[int] | None = None, probs: np.ndarray | None = None
+) -> np.ndarray:
+    """Vote one strip.
+
+    Args:
+        maps: ``uint8 [N, h, W]`` the inputs' class maps, most trusted first.
+        num_classes: C.
+        priority: see :func:`resolve_ties`.
+        probs: for soft voting, ``uint8 [N, C, h, W]`` each input's probabilities (255 = 1); the class
+            with the largest sum wins. Without it, the class with the most votes wins.
+
+    Returns:
+        ``uint8 [h, W]``.
+    """
+    if probs is None:
+        scores = np.stack([(maps == c).sum(axis=0, dtype=np.uint16) for c in range(num_classes)])
+    else:
+        scores = probs.sum(axis=0, dtype=np.uint32)
+    return resolve_ties(scores, maps, priority)
+
+
+def vote_maps(
+    inputs: Sequence[str | os.PathLike],
+    output: str | os.PathLike,
+    num_classes: int = 4,
+    priority: Sequence[int] | None = None,
+    prob_inputs: Sequence[Sequence[str | os.PathLike]] | None = None,
+    progress: bool = True,
+) -> Path:
+    """Vote full-size maps into ``output``, streaming in strips.
+
+    ``prob_inputs[i]`` lists input ``i``'s per-class probability PNGs (soft voting). All files must have
+    the same size (InputError naming the odd one otherwise); nothing is written then.
+    """
+    from tqdm import tqdm
+
+    if not inputs:
+        raise InputError("no input maps to vote")
+    first = check_map(inputs[0])
+    for p in inputs[1:]:
+        check_map(p, first)
+    flat_probs = []
+    if prob_inputs is not None:
+        for group in prob_inputs:
+            if len(group) != num_classes:
+                raise ValueError("one probability file per class is needed")
+            for p in group:
+                check_map(p, first)
+                flat_probs.append(p)
+    if priority is not None and sorted(priority) != list(range(num_classes)):
+        raise InputError(f"--priority must list each class 0..{num_classes - 1} once, got {list(priority)}")
+    n = len(inputs)
+    rows = strip_rows(first.width * (1 + num_classes * (prob_inputs is not None)) * n)
+    with PngStripWriter(output, first.width, first.height) as writer, tqdm(
+        total=first.height, desc=Path(output).name, unit="row", disable=not progress, leave=False
+    ) as bar:
+        for y, strips in iter_zip(list(inputs) + flat_probs, rows):
+            maps = np.stack(strips[:n])
+            for p, s in zip(inputs, strips[:n]):
+                _check_values(s, num_classes, p)
+            probs = None
+            if flat_probs:
+                probs = np.stack(strips[n:]).reshape((n, num_classes) + maps.shape[1:])
+            writer.write(vote_strip(maps, num_classes, priority, probs))
+            bar.update(len(maps[0]))
+    return Path(output)
+
+
+# ---- banded processing with a rolling row buffer ------------------------------------------------
+
+
+class _Rows:
+    """Rows of an image arriving in strips, kept from ``y0`` on until dropped."""
+
+    def __init__(self, strips: Iterable[tuple[int, np.ndarray]]):
+        self._it = iter(strips)
+        self.buf: np.ndarray | None = None
+        self.y0 = 0
+        self.done = False
+
+    @property
+    def end(self) -> int:
+        return self.y0 + (0 if self.buf is None else len(self.buf))
+
+    def fill_to(self, row: int) -> None:
+        """Read strips until rows up to ``row`` (exclusive) are buffered or the input ends."""
+        pieces = [] if self.buf is None else [self.buf]
+        end = self.end
+        while end < row and not self.done:
+            nxt = next(self._it, None)
+            if nxt is None:
+                self.done = True
+                break
+            pieces.append(nxt[1])
+            end += len(nxt[1])
+        if pieces:
+            self.buf = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+
+    def pop_to(self, row: int) -> np.ndarray:
+        """Remove and return the buffered rows above ``row``."""
+        k = row - self.y0
+        out, self.buf = self.buf[:k], self.buf[k:]
+        self.y0 = row
+        return out
+
+
+# ---- hole filling: morph ------------------------------------------------------------------------
+
+
+def _neighbour_range(labels: np.ndarray, band: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Smallest and largest value of the 4-neighbours outside each component (256 / -1 if none).
+
+    ``labels`` ``int32 [h, W]`` (0 = not selected), ``band`` ``uint8 [h, W]``; returns two ``int16 [n]``.
+    """
+    lo = np.full(n, 256, np.int16)
+    hi = np.full(n, -1, np.int16)
+    pairs = [
+        (labels[1:], band[:-1], labels[:-1]),  # neighbour above
+        (labels[:-1], band[1:], labels[1:]),  # below
+        (labels[:, 1:], band[:, :-1], labels[:, :-1]),  # left
+        (labels[:, :-1], band[:, 1:], labels[:, 1:]),  # right
+    ]
+    for lab, nb_val, nb_lab in pairs:
+        edge = (lab > 0) & (nb_lab != lab)
+        ids = lab[edge]
+        vals = nb_val[edge].astype(np.int16)
+        np.minimum.at(lo, ids, vals)
+        np.maximum.at(hi, ids, vals)
+    return lo, hi
+
+
+def fill_components(
+    band: np.ndarray, select: np.ndarray, max_area: int, cut_top: bool, cut_bottom: bool
+) -> int | None:
+    """Fill, in place, the selected 4-connected regions that are enclosed by one class.
+
+    A region of ``select`` becomes class ``c`` when its area is at most ``max_area``, it touches neither
+    the image border nor :data:`NODATA`, and every 4-neighbour outside it has the value ``c``.
+
+    Args:
+        band: ``uint8 [h, W]`` work rows (values ``0..C-1``, NODATA for no-data); modified in place.
+        select: ``bool [h, W]`` candidate pixels (e.g. ``band == 0``).
+        cut_top / cut_bottom: the band's first / last row is not the image's edge. Regions touching a cut
+            row are not decided here: those at the top were decided by the band above; those at the
+            bottom that could still be filled are *pending*.
+
+    Returns:
+        The first band row of the pending regions, or None when no region is pending.
+    """
+    h, w = band.shape
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(select.view(np.uint8), connectivity=4, ltype=cv2.CV_32S)
+    if n <= 1:
+        return None
+    lo, hi = _neighbour_range(labels, band, n)
+    left, top = stats[:, cv2.CC_STAT_LEFT], stats[:, cv2.CC_STAT_TOP]
+    bottom, right = top + stats[:, cv2.CC_STAT_HEIGHT], left + stats[:, cv2.CC_STAT_WIDTH]
+    area = stats[:, cv2.CC_STAT_AREA]
+    at_top, at_bottom = top == 0, bottom == h
+    border = (left == 0) | (right == w)
+    if not cut_top:
+        border |= at_top
+    if not cut_bottom:
+        border |= at_bottom
+    # what the pixels seen so far already rule out (true of the whole region, seen or not)
+    ruled_out = border | (area > max_area) | (hi == NODATA) | ((lo != hi) & (hi >= 0))
+    ignored = at_top if cut_top else np.zeros(n, bool)
+    pending = (at_bottom if cut_bottom else np.zeros(n, bool)) & ~ruled_out & ~ignored
+    fill = ~ruled_out & ~ignored & ~pending & (hi >= 0)
+    fill[0] = False
+    if fill.any():
+        lut = np.where(fill, lo, -1).astype(np.int16)
+        new = lut[labels]
+        mask = new >= 0
+        band[mask] = new[mask].astype(np.uint8)
+    pending[0] = False
+    return int(top[pending].min()) if pending.any() else None
+
+
+def iter_banded(
+    strips: Iterable[tuple[int, np.ndarray]],
+    height: int,
+    process: Callable[[np.ndarray, bool, bool], int | None],
+    band_rows: int = 1024,
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Run a region ``process`` over a map in bands of rows, growing a band while a region is pending.
+
+    ``process(band, cut_top, cut_bottom)`` edits ``band`` in place and returns the first band row of
+    the regions it could not decide yet (see :func:`fill_components`). The next band starts one row
+    above them (that row is its top cut row) and keeps the rows already processed; a band whose pending
+    region starts at its own second row grows by ``band_rows`` instead. Memory: about ``band_rows``
+    rows plus the tallest pending region (at most ``max_area`` rows for an area limit).
+
+    Yields ``(y, rows)`` finished strips, top to bottom, covering ``0..height`` once.
+    """
+    buf = _Rows(strips)
+    length = band_rows
+    while True:
+        buf.fill_to(buf.y0 + length)
+        cut_top, cut_bottom = buf.y0 > 0, buf.end < height
+        if buf.buf is None or len(buf.buf) == 0:
+            return
+        pending = process(buf.buf, cut_top, cut_bottom)
+        if not cut_bottom:
+            y0 = buf.y0
+            yield y0, buf.pop_to(buf.end)
+            return
+        start = buf.y0 + pending - 1 if pending is not None else buf.end - 1
+        if start <= buf.y0:
+            length += band_rows  # the pending region starts at the band's top: read more rows
+            continue
+        y0 = buf.y0
+        yield y0, buf.pop_to(start).copy()
+        length = band_rows
+
+
+def morph_stage(strips, height: int, select_value: int, max_area: int, band_rows: int = 1024):
+    """Fill enclosed regions of ``select_value`` (area <= ``max_area``) in streamed work strips."""
+
+    def process(band, cut_top, cut_bottom):
+        return fill_components(band, band == select_value, max_area, cut_top, cut_bottom)
+
+    return iter_banded(strips, height, process, band_rows)
+
+
+# ---- hole filling: square (the original's rule) -------------------------------------------------
+
+
+def _run_right(row: np.ndarray) -> np.ndarray:
+    """``int64 [W]``: length of the run of equal values starting at each position of ``row``."""
+    w = len(row)
+    change = np.flatnonzero(row[1:] != row[:-1]) + 1  # first index of each new run
+    nxt = np.full(w, w, np.int64)
+    nxt[change - 1] = change  # the run containing index i ends before nxt[i]
+    nxt = np.minimum.accumulate(nxt[::-1])[::-1]
+    return nxt - np.arange(w)
+
+
+def square_stage(strips, height: int, width: int, size: int = 500, stride: int = 50):
+    """The original's square rule on streamed work strips, vectorised.
+
+    Windows of ``size`` x ``size`` at every ``stride`` pixels (inside the image). A window qualifies when
+    its four borders all carry one class ``v`` (not 0, not no-data), judged on the map as it is before
+    this pass. Every class-0 pixel inside a qualifying window becomes ``v``; where qualifying windows
+    overlap, the first in raster order (top to bottom, left to right) wins, as in the original's loop.
+    ``size`` must be a multiple of ``stride``: the map is handled in ``stride``-square cells, each taking
+    the value of the first qualifying window that covers it. Memory: about ``size + stride`` rows.
+
+    Yields ``(y, rows)`` finished strips.
+    """
+    if size % stride:
+        raise ValueError("size must be a multiple of stride")
+    k = size // stride
+    n_wi = (height - size) // stride + 1 if height >= size else 0
+    n_wj = (width - size) // stride + 1 if width >= size else 0
+    n_cj = -(-width // stride)
+    js = np.arange(n_wj) * stride
+    buf = _Rows(strips)
+    covers: dict[int, np.ndarray] = {}  # window row -> uint8 [n_cj]: value each cell gets from that row
+    cj = np.arange(n_cj)
+
+    def cover(wi: int) -> np.ndarray:
+        i = wi * stride
+        block = buf.buf[i - buf.y0 : i - buf.y0 + size]
+        top, bot = block[0], block[-1]
+        v = top[js]
+        q = (v != 0) & (v != NODATA)
+        q &= _run_right(top)[js] >= size
+        q &= _run_right(bot)[js] >= size
+        q &= (block[:, js] == v).all(axis=0)
+        q &= (block[:, js + size - 1] == v).all(axis=0)
+        # for each cell, the first qualifying window (in j) among those covering it
+        nq = np.full(n_wj + 1, n_wj, np.int64)
+        nq[:-1][q] = np.flatnonzero(q)
+        nq = np.minimum.accumulate(nq[::-1])[::-1]
+        first = nq[np.clip(cj - k + 1, 0, n_wj)]
+        ok = first <= np.minimum(cj, n_wj - 1)
+        return np.where(ok, np.append(v, 0)[np.minimum(first, n_wj)], 0).astype(np.uint8)
+
+    emitted = 0
+    for ci in range(-(-height // stride)):
+        if ci < n_wi:
+            buf.fill_to(ci * stride + size)
+            covers[ci] = cover(ci)
+            covers.pop(ci - k, None)
+        buf.fill_to(min((ci + 1) * stride, height))
+        cell = np.zeros(n_cj, np.uint8)
+        for wi in range(min(ci, n_wi - 1), max(ci - k + 1, 0) - 1, -1):  # the earliest window row wins
+            c = covers[wi]
+            cell = np.where(c > 0, c, cell)
+        rows = buf.pop_to(min((ci + 1) * stride, height)).copy()
+        if cell.any():
+            cols = np.repeat(cell, stride)[:width]
+            mask = (rows == 0) & (cols[None] > 0)
+            rows[mask] = np.broadcast_to(cols, rows.shape)[mask]
+        yield emitted, rows
+        emitted += len(rows)
+
+
+# ---- the whole fill pipeline -----------------------------------------------------------------------
+
+
+def fill_map(
+    map_path: str | os.PathLike,
+    source_path: str | os.PathLike,
+    output: str | os.PathLike,
+    method: str = "morph",
+    max_hole: int = 250_000,
+    min_area: int = 0,
+    num_classes: int = 4,
+    sizes: Sequence[int] = (500, 400),
+    stride: int = 50,
+    band_rows: int = 1024,
+    progress: bool = True,
+) -> Path:
+    """Fill holes in a full-size map, streaming; no-data (alpha != 255 in ``source_path``) stays 0.
+
+    ``morph``: class-0 regions enclosed by one crop class, of area at most ``max_hole``, become that
+    class (:func:`fill_components`); then, with ``min_area`` > 0, for each crop class c in turn, regions of
+    c smaller than ``min_area`` enclosed by one other class become that class. ``square``: the
+    original's rule (:func:`square_stage`) with window ``sizes`` in turn.
+
+    Each step is one streamed pass (chained generators, one input decode, one output encode). Memory
+    per pass is a band of rows (plus OpenCV's ``int32`` component labels of the band for ``morph``).
+    ``output`` may be ``map_path`` itself: it is replaced only when complete.
+    """
+    from tqdm import tqdm
+
+    if method not in FILL_METHODS:
+        raise ValueError(f"unknown method {method!r}; valid: {', '.join(FILL_METHODS)}")
+    info = check_map(map_path)
+    src = check_image(source_path)
+    if src.shape != info.shape:
+        raise InputError(
+            f"{map_path}: size {info.height}x{info.width} differs from its source {source_path} ({src.height}x{src.width})"
+        )
+    height, width = info.shape
+
+    def work() -> Iterator[tuple[int, np.ndarray]]:
+        for y, (m, rgba) in iter_zip([map_path, source_path], strip_rows(width * 5)):
+            _check_values(m, num_classes, map_path)
+            yield y, np.where(rgba[..., 3] == 255, m, NODATA).astype(np.uint8)
+
+    strips: Iterable = work()
+    if method == "morph":
+        strips = morph_stage(strips, height, 0, max_hole, band_rows)
+        if min_area > 0:
+            for c in range(1, num_classes):
+                strips = morph_stage(strips, height, c, min_area - 1, band_rows)
+    else:
+        for size in sizes:
+            strips = square_stage(strips, height, width, size, stride)
+    with PngStripWriter(output, width, height) as writer, tqdm(
+        total=height, desc=Path(output).name, unit="row", disable=not progress, leave=False
+    ) as bar:
+        for _, rows in strips:
+            writer.write(np.where(rows == NODATA, 0, rows).astype(np.uint8))
+            bar.update(len(rows))
+    return Path(output)

@@ -1,0 +1,79 @@
+"""Fill holes in predicted maps (post-processing), streaming.
+
+    python fill_hole.py                                      # data/submit/image_3_predict.png, image_4 ... in place
+    python fill_hole.py --input P.png --output Q.png --source IMAGE.png --method morph --max_hole 250000
+    python fill_hole.py --method square                      # the original's 500/400-px square rule
+
+morph (default): a 4-connected region of class-0 valid pixels that touches neither the image border nor
+no-data, whose every neighbouring pixel is one class c and whose area is at most --max_hole, becomes c.
+With --min_area, islands of a crop class smaller than that then become the one class around them.
+square: windows of 500 then 400 px every 50 px; where all four borders of a window carry one class v,
+its class-0 pixels become v. No-data pixels (alpha != 255 in the source) stay 0 in both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from cropmap.imageio import InputError, run_cli
+from cropmap.postprocess import FILL_METHODS, fill_map
+from cropmap.tiling import TEST_SOURCE_DIR
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Fill enclosed holes in predicted maps", add_help=add_help)
+    p.add_argument("--data_root", default="data", help="data folder of the contract's layout (default: data)")
+    p.add_argument("--images", nargs="+", default=["image_3", "image_4"], help="images whose maps to fill when --input is not given (default: image_3 image_4)")
+    p.add_argument("--output_dir", default=None, help="folder of the maps when --input is not given (default: DATA_ROOT/submit)")
+    p.add_argument("--input", default=None, help="one map to fill (default: OUTPUT_DIR/IMAGE_predict.png for each of --images)")
+    p.add_argument("--output", default=None, help="where the filled map goes (default: replace the input once complete)")
+    p.add_argument("--source", default=None, help="the source image of --input, for its no-data mask (required with --input)")
+    p.add_argument("--method", default="morph", choices=FILL_METHODS, help="morph (enclosed regions) or square (the original's rule) (default: morph)")
+    p.add_argument("--max_hole", type=int, default=250_000, help="morph: largest hole area filled, in pixels (default: 250000, a 500x500 square)")
+    p.add_argument("--min_area", type=int, default=0, help="morph: crop islands smaller than this many pixels take the class around them (default: 0, off)")
+    p.add_argument("--sizes", type=int, nargs="+", default=[500, 400], help="square: window sides, applied in turn (default: 500 400)")
+    p.add_argument("--stride", type=int, default=50, help="square: window step; must divide every size (default: 50)")
+    p.add_argument("--num_classes", type=int, default=4, help="number of classes of the maps (default: 4)")
+    p.add_argument("--band_rows", type=int, default=1024, help="morph: rows per band (memory: about 6 bytes x width per row) (default: 1024)")
+    p.add_argument("--no_progress", action="store_true", help="no progress bar")
+    return p
+
+
+def main(args: argparse.Namespace) -> list[Path]:
+    if any(s % args.stride for s in args.sizes):
+        raise InputError(f"--stride {args.stride} must divide every --sizes value {args.sizes}")
+    data_root = Path(args.data_root)
+    if args.input:
+        if not args.source:
+            raise InputError("--source IMAGE.png is required with --input (its alpha marks no-data, which must stay 0)")
+        jobs = [(Path(args.input), Path(args.source), Path(args.output or args.input))]
+    else:
+        out_dir = Path(args.output_dir) if args.output_dir else data_root / "submit"
+        jobs = [
+            (out_dir / f"{im}_predict.png", data_root / TEST_SOURCE_DIR / f"{im}.png", out_dir / f"{im}_predict.png")
+            for im in args.images
+        ]
+    done = []
+    for map_path, source, output in jobs:
+        fill_map(
+            map_path,
+            source,
+            output,
+            method=args.method,
+            max_hole=args.max_hole,
+            min_area=args.min_area,
+            num_classes=args.num_classes,
+            sizes=args.sizes,
+            stride=args.stride,
+            band_rows=args.band_rows,
+            progress=not args.no_progress,
+        )
+        print(f"{map_path} -> {output} ({args.method})")
+        done.append(output)
+    return done
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main, get_args_parser().parse_args()))
