@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .data import IMAGENET_MEAN, IMAGENET_STD  # the one definition of the normalisation
 from .imageio import InputError, PngStripWriter, read_png, write_png
+from .postprocess import prob_paths
 from .stitch import BandStitcher, PreviewCanvas
 
 #: TTA levels: "none"; "flip": identity, horizontal and vertical flip; "d4": the 8 flips/90-degree rotations.
@@ -202,12 +203,6 @@ def output_paths(output_dir: str | os.PathLike, image: str, name: str | None = N
     stem = f"{image}_predict" + (f"_{name}" if name else "")
     d = Path(output_dir)
     return {"map": d / f"{stem}.png", "preview": d / f"{stem}_preview.png", "prob": str(d / f"{stem}_prob{{}}.png")}
-
-
-def prob_paths(map_path: str | os.PathLike, num_classes: int) -> list[Path]:
-    """The per-class probability PNGs saved beside a map by ``--save_probs``: ``X_prob0.png`` ..."""
-    p = Path(map_path)
-    return [p.with_name(f"{p.stem}_prob{c}.png") for c in range(num_classes)]
 
 
 def image_geometry(rows: Sequence[dict], image: str) -> tuple[int, int, int]:

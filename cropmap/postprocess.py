@@ -68,6 +68,12 @@ def _check_values(strip: np.ndarray, num_classes: int, path) -> None:
         raise InputError(f"{path}: map value {bad} outside 0..{num_classes - 1}")
 
 
+def prob_paths(map_path: str | os.PathLike, num_classes: int) -> list[Path]:
+    """The per-class probability PNGs saved beside a map by ``predict.py --save_probs``: ``X_prob0.png`` ..."""
+    p = Path(map_path)
+    return [p.with_name(f"{p.stem}_prob{c}.png") for c in range(num_classes)]
+
+
 # ---- voting -------------------------------------------------------------------------------------
 
 

@@ -1,0 +1,69 @@
+"""Score predicted maps against labels with the contract's metric, streaming full-size maps.
+
+    python score.py --pred P.png --label L.png --source IMAGE.png [--json OUT.json]
+    python score.py                       # data/submit/IMAGE_predict.png vs the test labels (synthetic data)
+
+Prints per-class IoU, mIoU (crops 1..C-1, the headline), mIoU_all and the confusion matrix (rows =
+label, columns = prediction), counting the pixels whose source alpha is 255.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from cropmap.imageio import InputError, run_cli
+from cropmap.metrics import ConfusionMatrix
+from cropmap.scoring import score_dict, score_map
+from cropmap.tiling import TEST_SOURCE_DIR
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Score predicted maps (IoU over valid pixels)", add_help=add_help)
+    p.add_argument("--pred", default=None, help="predicted map (default: OUTPUT_DIR/IMAGE_predict.png for each of --images)")
+    p.add_argument("--label", default=None, help="label of --pred (default with --images: SOURCE_DIR/IMAGE_label.png)")
+    p.add_argument("--source", default=None, help="source image of --pred, for its no-data mask (default with --images: SOURCE_DIR/IMAGE.png; without it every pixel counts)")
+    p.add_argument("--json", default=None, help="also write the scores as JSON (iou, mIoU, mIoU_all, confusion)")
+    p.add_argument("--data_root", default="data", help="data folder of the contract's layout (default: data)")
+    p.add_argument("--output_dir", default=None, help="folder of the maps when --pred is not given (default: DATA_ROOT/submit)")
+    p.add_argument("--images", nargs="+", default=["image_3", "image_4"], help="images to score when --pred is not given; their scores add up into one (default: image_3 image_4)")
+    p.add_argument("--num_classes", type=int, default=4, help="number of classes (default: 4)")
+    p.add_argument("--no_progress", action="store_true", help="no progress bar")
+    return p
+
+
+def main(args: argparse.Namespace) -> dict:
+    data_root = Path(args.data_root)
+    if args.pred:
+        if not args.label:
+            raise InputError("--label is required with --pred")
+        jobs = [(args.pred, args.label, args.source)]
+    else:
+        out_dir = Path(args.output_dir) if args.output_dir else data_root / "submit"
+        src_dir = data_root / TEST_SOURCE_DIR
+        jobs = [(out_dir / f"{im}_predict.png", src_dir / f"{im}_label.png", src_dir / f"{im}.png") for im in args.images]
+    total = ConfusionMatrix(args.num_classes)
+    for pred, label, source in jobs:
+        cm = score_map(pred, label, source, args.num_classes, progress=not args.no_progress)
+        if len(jobs) > 1:
+            print(f"{pred}: mIoU {cm.compute()['mIoU']:.4f}")
+        total.merge(cm)
+    print(total.table())
+    result = score_dict(total)
+    print("confusion (rows = label, columns = prediction):")
+    for row in result["confusion"]:
+        print("  " + " ".join(f"{v:>12d}" for v in row))
+    if args.json:
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.part")
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
+        os.replace(tmp, path)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main, get_args_parser().parse_args()))

@@ -1,0 +1,87 @@
+"""Vote several models' maps into one, streaming in strips.
+
+    python vote.py --inputs A.png B.png C.png --output OUT.png      # most trusted model first
+    python vote.py --inputs A.png B.png C.png --output OUT.png --priority 1,3,2,0
+    python vote.py                                                   # per-model maps in data/submit/
+    python vote.py --models deeplabv3 unet --soft                    # sum saved probabilities instead
+
+Per pixel the class with the most votes wins; a tie goes to the tied class that the earliest input
+predicted, or with --priority to the tied class listed first. --soft sums the probabilities that
+``predict.py --save_probs`` wrote beside each input (``X_prob0.png`` ... for ``X.png``).
+By default, for each of --images, the inputs are ``OUTPUT_DIR/IMAGE_predict_NAME.png`` for each NAME of
+--models (in that order), or every such per-model map there (sorted by name) when --models is not
+given; the output is ``OUTPUT_DIR/IMAGE_predict.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+from cropmap.imageio import InputError, run_cli
+from cropmap.postprocess import prob_paths
+from cropmap.postprocess import vote_maps
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Vote per-model maps into one map", add_help=add_help)
+    p.add_argument("--inputs", nargs="+", default=None, help="maps to vote, most trusted first (default: the per-model maps in OUTPUT_DIR)")
+    p.add_argument("--output", default=None, help="voted map (with --inputs; default: OUTPUT_DIR/vote.png)")
+    p.add_argument("--data_root", default="data", help="data folder of the contract's layout (default: data)")
+    p.add_argument("--output_dir", default=None, help="folder of the per-model maps and the voted ones (default: DATA_ROOT/submit)")
+    p.add_argument("--images", nargs="+", default=["image_3", "image_4"], help="images to vote when --inputs is not given (default: image_3 image_4)")
+    p.add_argument("--models", nargs="+", default=None, help="model names (predict.py --name) to vote, most trusted first (default: all found)")
+    p.add_argument("--priority", default=None, help="class order for ties, e.g. 1,3,2,0 (default: the earliest input's class wins)")
+    p.add_argument("--soft", action="store_true", help="sum the inputs' saved probabilities (X_prob{c}.png) instead of counting votes")
+    p.add_argument("--num_classes", type=int, default=4, help="number of classes (default: 4)")
+    p.add_argument("--no_progress", action="store_true", help="no progress bar")
+    return p
+
+
+_DERIVED = re.compile(r"_(preview|prob\d+)$")
+
+
+def per_model_maps(folder: Path, image: str, models: list[str] | None) -> list[Path]:
+    """The per-model maps of ``image`` in ``folder``: ``{image}_predict_{name}.png``, in ``models`` order."""
+    if models:
+        return [folder / f"{image}_predict_{m}.png" for m in models]
+    found = sorted(p for p in folder.glob(f"{image}_predict_*.png") if not _DERIVED.search(p.stem))
+    if not found:
+        raise InputError(f"{folder}: no per-model maps {image}_predict_NAME.png to vote (predict.py --name NAME)")
+    return found
+
+
+def parse_priority(text: str | None, num_classes: int) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        order = [int(t) for t in text.replace(" ", "").split(",") if t != ""]
+    except ValueError:
+        raise InputError(f"--priority {text!r}: expected class numbers separated by commas, e.g. 1,3,2,0") from None
+    if sorted(order) != list(range(num_classes)):
+        raise InputError(f"--priority {text!r}: must list each class 0..{num_classes - 1} exactly once")
+    return order
+
+
+def main(args: argparse.Namespace) -> list[Path]:
+    priority = parse_priority(args.priority, args.num_classes)
+    out_dir = Path(args.output_dir) if args.output_dir else Path(args.data_root) / "submit"
+    if args.inputs:
+        jobs = [([Path(p) for p in args.inputs], Path(args.output) if args.output else out_dir / "vote.png")]
+    else:
+        jobs = [(per_model_maps(out_dir, im, args.models), out_dir / f"{im}_predict.png") for im in args.images]
+    done = []
+    for inputs, output in jobs:
+        if output in inputs:
+            raise InputError(f"{output}: the output is also an input")
+        probs = [prob_paths(p, args.num_classes) for p in inputs] if args.soft else None
+        vote_maps(inputs, output, args.num_classes, priority, probs, progress=not args.no_progress)
+        print(f"{' + '.join(p.name for p in inputs)} -> {output}" + (" (soft)" if args.soft else ""))
+        done.append(output)
+    return done
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main, get_args_parser().parse_args()))
