@@ -46,24 +46,23 @@ def weight_window(size: int, sigma_scale: float = 0.125, floor: float = 1e-3) ->
     return np.outer(ramp, ramp).astype(np.float32)
 
 
-def probs_to_uint8(acc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Labels and quantised probabilities from accumulated weighted scores.
+def labels_from_acc(acc: np.ndarray) -> np.ndarray:
+    """``uint8 [h, W]`` argmax labels of accumulated scores ``float32 [C, h, W]``; 0 where they sum to 0.
 
-    Args:
-        acc: ``float32 [C, h, W]``, the weighted sum of class probabilities of every window covering
-            each pixel (all zero where no window marked the pixel valid).
-
-    Returns:
-        ``labels`` ``uint8 [h, W]`` (argmax, 0 where ``acc`` sums to 0) and ``probs`` ``uint8 [C, h, W]``
-        (``round(255 * acc / acc.sum(0))``, 0 where the sum is 0).
+    ``acc`` is the weighted sum of the class probabilities of every window covering each pixel (all zero
+    where no window marked the pixel valid).
     """
+    labels = np.argmax(acc, axis=0).astype(np.uint8)
+    labels[~(acc.sum(axis=0) > 0)] = 0
+    return labels
+
+
+def probs_from_acc(acc: np.ndarray) -> np.ndarray:
+    """``uint8 [C, h, W]`` quantised probabilities ``round(255 * acc / acc.sum(0))``, 0 where the sum is 0."""
     total = acc.sum(axis=0)
     covered = total > 0
-    labels = np.argmax(acc, axis=0).astype(np.uint8)
-    labels[~covered] = 0
     scale = np.where(covered, 255.0 / np.where(covered, total, 1.0), 0.0).astype(np.float32)
-    probs = np.rint(acc * scale[None]).clip(0, 255).astype(np.uint8)
-    return labels, probs
+    return np.rint(acc * scale[None]).clip(0, 255).astype(np.uint8)
 
 
 # sink(y, labels uint8 [h, W], probs uint8 [C, h, W] or None)
@@ -118,8 +117,7 @@ class BandStitcher:
             else:  # rows between band and next window row: no window covers them
                 stop = min(upto, y + self.tile)
                 acc = np.zeros((self.num_classes, stop - y, self.width), np.float32)
-            labels, probs = probs_to_uint8(acc)
-            self.sink(y, labels, probs if self.keep_probs else None)
+            self.sink(y, labels_from_acc(acc), probs_from_acc(acc) if self.keep_probs else None)
             self.emitted = stop
 
     def _advance(self, y: int) -> None:
