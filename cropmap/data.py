@@ -60,7 +60,8 @@ def random_scale_crop(
 
     Returns:
         ``(uint8 [crop, crop, 3], uint8 [crop, crop])``; the label is resampled with nearest
-        neighbour, so it only holds values of the input label (or 255 in the padding).
+        neighbour, so it only holds values of the input label (or 255 in the padding); the image is
+        0 wherever the label is 255.
     """
     h, w = label.shape
     s = float(rng.uniform(*scale_range))
@@ -70,10 +71,12 @@ def random_scale_crop(
     oy, ox = round(oy), round(ox)
     # dst = s * (src + 0.5) - 0.5 - offset: the pixel-centre convention of cv2.resize
     m = np.array([[s, 0.0, 0.5 * s - 0.5 - ox], [0.0, s, 0.5 * s - 0.5 - oy]], np.float64)
-    img = cv2.warpAffine(image, m, (crop, crop), flags=cv2.INTER_LINEAR,
-                         borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
+    # the image replicates its edge (no dark seam from blending with the padding), then every pixel
+    # whose label is 255 - padding or no-data - is black, as no-data is in the sources
+    img = cv2.warpAffine(image, m, (crop, crop), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     lab = cv2.warpAffine(label, m, (crop, crop), flags=cv2.INTER_NEAREST,
                          borderMode=cv2.BORDER_CONSTANT, borderValue=IGNORE)
+    img[lab == IGNORE] = 0
     return img, lab
 
 
@@ -238,8 +241,9 @@ def oversample_weights(rows: Sequence[dict], num_classes: int, power: float) -> 
 
     A class of pixel share ``f_k`` weighs ``f_k ** -power``; a tile weighs the mean of that over its
     labelled pixels, ``sum_k (c_k / n) * f_k ** -power`` with ``n = sum_k c_k``. ``power = 0`` is
-    uniform sampling, ``1`` makes every class equally likely per drawn pixel (in expectation),
-    ``0.5`` is in between. Tiles without a labelled pixel get the smallest weight.
+    uniform sampling; the larger the power, the larger the share of rare-class pixels among the
+    drawn tiles (a heuristic: the shares do not become exactly equal). Tiles without a labelled
+    pixel get the smallest class weight.
     """
     counts = np.array([[r[f"c{k}"] for k in range(num_classes)] for r in rows], np.float64)
     freq = class_frequencies(rows, num_classes)
