@@ -34,6 +34,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2, help="encoding threads for ours (default: 2)")
     p.add_argument("--out", default=str(ROOT / "bench" / "out"), help="work folder (default: bench/out)")
     p.add_argument("--skip_original", action="store_true", help="do not run the original approach")
+    p.add_argument("--repeat", action="store_true",
+                   help="make the source by repeating one 2048x2048 synthetic block (minutes instead of most of an "
+                        "hour at image_2's size; fine for memory, less so for speed)")
     p.add_argument("--worker", choices=["decode", "ours", "original"], help=argparse.SUPPRESS)
     p.add_argument("--src", help=argparse.SUPPRESS)
     return p
@@ -89,6 +92,24 @@ def worker(args) -> dict:
     return {"seconds": secs, "maxrss_mb": _maxrss_mb(), "tiles": n}
 
 
+def write_repeated(src: Path, label: Path, height: int, width: int, block: int = 2048) -> None:
+    """A big source made of one synthetic block repeated (streamed, like the real generator)."""
+    import numpy as np
+    from tqdm import tqdm
+
+    from cropmap import synthetic
+    from cropmap.imageio import PngStripWriter
+
+    rgba, lab = synthetic.synthesize_rows(1, block, block, 0, block)
+    reps = -(-width // block)
+    with PngStripWriter(src, width, height, 4) as wi, PngStripWriter(label, width, height, 1) as wl:
+        for y in tqdm(range(0, height, 256), desc="repeated source", leave=False):
+            h = min(256, height - y)
+            rows = np.arange(y, y + h) % block
+            wi.write(np.tile(rgba[rows], (1, reps, 1))[:, :width])
+            wl.write(np.tile(lab[rows], (1, reps))[:, :width])
+
+
 def main(args) -> None:
     if args.worker:
         print(json.dumps(worker(args)))
@@ -96,11 +117,14 @@ def main(args) -> None:
     from cropmap import synthetic
 
     out = Path(args.out)
-    src = out / f"src_{args.height}x{args.width}" / "bench.png"
+    src = out / f"src_{args.height}x{args.width}{'_repeat' if args.repeat else ''}" / "bench.png"
     if not src.exists():
         print(f"synthesizing {args.height}x{args.width} -> {src} ...", flush=True)
         src.parent.mkdir(parents=True, exist_ok=True)
-        synthetic.write_image(src, src.with_name("bench_label.png"), args.height, args.width, seed=1)
+        if args.repeat:
+            write_repeated(src, src.with_name("bench_label.png"), args.height, args.width)
+        else:
+            synthetic.write_image(src, src.with_name("bench_label.png"), args.height, args.width, seed=1)
     mpix = args.height * args.width / 1e6
     results = {}
     kinds = ["decode", "ours"] + ([] if args.skip_original else ["original"])

@@ -184,38 +184,93 @@ def check_label_values(path: str | os.PathLike, num_classes: int) -> np.ndarray:
     return hist
 
 
+def _malloc_trim() -> None:
+    """Give freed heap memory back to the OS (glibc). libvips' decode buffers otherwise pile up in the
+    allocator (freed in libvips' threads, not reused by the next fetch): measured on a 77470-pixel-wide
+    RGBA PNG, decoding 512 rows raised peak RSS by 570 MB for a 160 MB result; trimming every 16 MB
+    decoded keeps the overhead to a few tens of MB, at no measurable cost in speed."""
+    global _TRIM
+    if _TRIM is None:
+        try:
+            import ctypes
+
+            _TRIM = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _TRIM = False
+    if _TRIM:
+        _TRIM(0)
+
+
+_TRIM = None
+_TRIM_BYTES = 16 << 20  # trim after this many bytes decoded
+
+
+class StripReader:
+    """Sequential decoder of one PNG: :meth:`read_into` fills caller-owned arrays with the next rows.
+
+    ``rgba=True`` gives RGB files an alpha channel of 255. Single-channel files give ``[n, W]`` rows, others
+    ``[n, W, C]``. Decode errors (truncated or corrupt data) raise :class:`InputError`.
+    """
+
+    def __init__(self, path: str | os.PathLike, rgba: bool = False):
+        pyvips = _vips()
+        self.path = str(path)
+        self._img = _open_sequential(self.path)
+        if self._img.format != "uchar":
+            raise InputError(f"{self.path}: unsupported pixel format {self._img.format} (expected 8-bit)")
+        self.width, self.height, self.bands = self._img.width, self._img.height, self._img.bands
+        self._region = pyvips.Region.new(self._img)
+        self._error = pyvips.Error
+        self.expand = rgba and self.bands == 3
+        channels = 4 if self.expand else self.bands
+        self.row_shape = (self.width, channels) if channels > 1 else (self.width,)
+        self.y = 0  # next row to decode
+        self._since_trim = 0  # bytes fetched since the last malloc_trim
+
+    def read_into(self, out: np.ndarray) -> int:
+        """Decode the next ``len(out)`` rows (fewer at the bottom) into ``out``; returns the rows read."""
+        n_total = min(len(out), self.height - self.y)
+        src_shape = (self.width, self.bands) if self.bands > 1 else (self.width,)
+        # many small fetches: libvips decodes them faster, and in less memory, than one large one
+        for r in range(0, n_total, _FETCH_ROWS):
+            n = min(_FETCH_ROWS, n_total - r)
+            try:
+                buf = self._region.fetch(0, self.y + r, self.width, n)
+            except self._error as e:
+                raise InputError(f"{self.path}: cannot decode PNG at row {self.y + r} ({_first_line(e)})") from None
+            rows = np.frombuffer(buf, dtype=np.uint8).reshape((n,) + src_shape)
+            if self.expand:
+                out[r : r + n, :, :3] = rows
+                out[r : r + n, :, 3] = 255
+            else:
+                out[r : r + n] = rows
+            del buf, rows
+            self._since_trim += n * self.width * self.bands
+            if self._since_trim > _TRIM_BYTES:
+                _malloc_trim()
+                self._since_trim = 0
+        self.y += n_total
+        return n_total
+
+    def skip(self, n: int, chunk: int = 256) -> None:
+        """Decode and drop ``n`` rows."""
+        scratch = np.empty((min(n, chunk),) + self.row_shape, np.uint8)
+        while n > 0 and self.y < self.height:
+            n -= self.read_into(scratch[: min(n, chunk)])
+
+
 def iter_strips(path: str | os.PathLike, strip_height: int, rgba: bool = False) -> Iterator[tuple[int, np.ndarray]]:
     """Decode a PNG top to bottom in strips of ``strip_height`` rows (the last may be shorter).
 
     Yields ``(y, strip)`` with ``strip`` a ``uint8 [h, W]`` array for single-channel files, else
-    ``uint8 [h, W, C]`` (C = the file's channels; with
-    ``rgba=True`` an RGB file gets an alpha channel of 255 appended). Memory is one strip, whatever the
-    image size. Decode errors (truncated or corrupt data) raise :class:`InputError`.
+    ``uint8 [h, W, C]`` (C = the file's channels; with ``rgba=True`` an RGB file gets an alpha channel
+    of 255 appended). Each strip is a new array. Memory is one strip, whatever the image size.
+    Decode errors (truncated or corrupt data) raise :class:`InputError`.
     """
-    pyvips = _vips()
-    path = str(path)
-    img = _open_sequential(path)
-    if img.format != "uchar":
-        raise InputError(f"{path}: unsupported pixel format {img.format} (expected 8-bit)")
-    width, height, bands = img.width, img.height, img.bands
-    region = pyvips.Region.new(img)
-    shape = (width, bands) if bands > 1 else (width,)
-    for y in range(0, height, strip_height):
-        h = min(strip_height, height - y)
-        strip = np.empty((h,) + shape, np.uint8)
-        # many small fetches: libvips decodes them faster, and in less memory, than one large one
-        for r in range(0, h, _FETCH_ROWS):
-            n = min(_FETCH_ROWS, h - r)
-            try:
-                buf = region.fetch(0, y + r, width, n)
-            except pyvips.Error as e:
-                raise InputError(f"{path}: cannot decode PNG at row {y + r} ({_first_line(e)})") from None
-            strip[r : r + n] = np.frombuffer(buf, dtype=np.uint8).reshape((n,) + shape)
-        if rgba and bands == 3:
-            out = np.empty((h, width, 4), np.uint8)
-            out[..., :3] = strip
-            out[..., 3] = 255
-            strip = out
+    reader = StripReader(path, rgba=rgba)
+    for y in range(0, reader.height, strip_height):
+        strip = np.empty((min(strip_height, reader.height - y),) + reader.row_shape, np.uint8)
+        reader.read_into(strip)
         yield y, strip
 
 
@@ -224,43 +279,37 @@ def iter_row_windows(
     rows: Sequence[int],
     height: int,
     rgba: bool = False,
-    strip_height: int | None = None,
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Yield ``(y, rows y..y+height)`` for each ``y`` of the ascending ``rows``, decoding the file once.
 
     Windows may overlap (``rows`` closer than ``height``) and may run past the bottom edge, where they
-    are padded with zeros (no-data). Returns ``uint8 [height, W(, C)]`` arrays (views that stay valid until
-    the next step). Memory: about two windows, whatever the image size.
+    are padded with zeros (no-data). Yields ``uint8 [height, W(, C)]`` views of one buffer that the
+    next step overwrites (copy what you keep). Memory: one window, whatever the image size; rows shared
+    by consecutive windows are moved up, not decoded again.
     """
     rows = list(rows)
     if any(b < a for a, b in zip(rows, rows[1:])):
         raise ValueError("rows must be ascending")
-    strips = iter_strips(path, strip_height or max(64, min(height, 1024)), rgba=rgba)
-    pieces: list[np.ndarray] = []  # consecutive strips (or their tails) holding rows buf_y.. of the image
-    buf_y = 0
-    end = 0  # first row not read yet
+    reader = StripReader(path, rgba=rgba)
+    win = np.zeros((height,) + reader.row_shape, np.uint8)
+    win_y, filled = 0, 0  # win[:filled] holds image rows win_y .. win_y + filled
     for y in rows:
-        while end < y + height:
-            nxt = next(strips, None)
-            if nxt is None:
-                break
-            sy, strip = nxt
-            end = sy + len(strip)
-            if not pieces:
-                buf_y = sy
-            pieces.append(strip)
-            # drop what lies wholly above this window so that gaps between windows cost no memory
-            while pieces and buf_y + len(pieces[0]) <= y:
-                buf_y += len(pieces.pop(0))
-        buf = pieces[0] if len(pieces) == 1 else np.concatenate(pieces, axis=0)
-        cut = min(max(y - buf_y, 0), len(buf))
-        buf, buf_y = buf[cut:], buf_y + cut
-        pieces = [buf]
-        window = buf[:height]
-        if len(window) < height:  # past the bottom edge: pad with no-data
-            pad = np.zeros((height - len(window),) + buf.shape[1:], np.uint8)
-            window = np.concatenate([window, pad], axis=0)
-        yield y, window
+        shift = y - win_y
+        if shift >= filled:  # nothing reusable: skip to y
+            reader.skip(y - reader.y) if y > reader.y else None
+            filled = 0
+        elif shift > 0:  # move the shared rows up, in chunks that never overlap their source
+            keep = filled - shift
+            for i in range(0, keep, shift):
+                j = min(i + shift, keep)
+                win[i:j] = win[shift + i : shift + j]
+            filled = keep
+        win_y = y
+        if filled < height:
+            got = reader.read_into(win[filled:])
+            win[filled + got :] = 0  # past the bottom edge: no-data
+            filled += got
+        yield y, win
 
 
 def read_png(path: str | os.PathLike) -> np.ndarray:

@@ -46,8 +46,8 @@ def test_row_windows_overlap_gaps_and_padding(tmp_path):
     a = rng.integers(0, 256, (500, 40, 3), dtype=np.uint8)
     p = tmp_path / "a.png"
     write_png(p, a)
-    rows = [0, 10, 100, 450, 480]
-    for y, win in iter_row_windows(p, rows, 64, strip_height=30):
+    rows = [0, 10, 30, 100, 101, 300, 450, 480, 499]
+    for y, win in iter_row_windows(p, rows, 64):
         want = np.zeros((64, 40, 3), np.uint8)
         part = a[y : y + 64]
         want[: len(part)] = part
