@@ -27,7 +27,8 @@ def get_args_parser(add_help: bool = True):
     return parser
 
 
-def main(args):
+def main(args, hooks=()):
+    """Train with SWA; ``hooks`` (optional :class:`cropmap.engine.Hook` objects) run before the SWA hook."""
     if args.swa_start is None:
         args.swa_start = -(-3 * args.epochs // 4)
     if args.swa_lr is None:
@@ -35,7 +36,7 @@ def main(args):
     if not 1 <= args.swa_start <= args.epochs:
         raise InputError(f"--swa_start {args.swa_start} must be between 1 and --epochs {args.epochs}")
     hook = engine.SWAHook(args.swa_start - 1, args.swa_lr, args.swa_anneal_epochs)
-    return engine.main(args, hooks=[hook])
+    return engine.main(args, hooks=[*hooks, hook])
 
 
 if __name__ == "__main__":

@@ -116,9 +116,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--device", default=None,
                    help="cuda, cuda:N or cpu (default: cuda when available, else cpu); on CUDA channels_last and "
                    "cudnn.benchmark are on")
+    g.add_argument("--threads", type=int, default=None,
+                   help="CPU threads of each training process (default: PyTorch's choice; 1 is faster on a busy machine)")
     g.add_argument("--amp", action="store_true",
                    help="mixed precision: bf16 where supported, else fp16 with a gradient scaler")
-    g.add_argument("--sync_bn", action="store_true", help="SyncBatchNorm across processes under torchrun")
+    g.add_argument("--sync_bn", action="store_true", help="SyncBatchNorm across processes under torchrun (CUDA only)")
     return p
 
 
@@ -381,8 +383,11 @@ class Trainer:
             _check(b >= 2, f"batch size {b} must be >= 2 (BatchNorm in training mode needs two images)")
         _check(0 < args.scale_min <= args.scale_max, f"need 0 < --scale_min <= --scale_max, got {args.scale_min}, {args.scale_max}")
 
+        if args.threads:
+            torch.set_num_threads(args.threads)
         self.rank, self.world_size, self.device = init_distributed(args.device)
         self.is_main = self.rank == 0
+        _check(not (args.sync_bn and self.device.type != "cuda"), "--sync_bn needs CUDA devices (PyTorch's SyncBatchNorm is GPU-only)")
         torch.manual_seed(args.seed)
         import random
 

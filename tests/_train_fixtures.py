@@ -63,5 +63,5 @@ def make_tiles(root: str | Path, n_train: int = 16, n_val: int = 4, size: int = 
 def tiny_args(root: str | Path, *extra: str) -> list[str]:
     """Command-line flags of a quick CPU run of a light model on :func:`make_tiles` data."""
     return ["--train", "--data_root", str(root), "--backbone", "resnet18", "--device", "cpu",
-            "--batch_size", "4", "--crop_size", "64", "--workers", "0", "--quiet", "--exp", "t",
+            "--batch_size", "4", "--crop_size", "64", "--workers", "0", "--threads", "1", "--quiet", "--exp", "t",
             "--base_lr", "0.01", *extra]
