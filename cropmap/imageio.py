@@ -320,6 +320,8 @@ def read_png(path: str | os.PathLike) -> np.ndarray:
     import cv2
 
     path = str(path)
+    if not os.path.isfile(path):
+        raise InputError(f"{path}: file not found")
     arr = cv2.imread(path, cv2.IMREAD_UNCHANGED)
     if arr is None:
         info = png_info(path)  # raises a clear error for the usual problems
