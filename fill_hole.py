@@ -37,7 +37,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--stride", type=int, default=50, help="square: window step; must divide every size (default: 50)")
     p.add_argument("--num_classes", type=int, default=4, help="number of classes of the maps (default: 4)")
     p.add_argument("--band_rows", type=int, default=1024, help="morph: rows per band; memory is about 12 bytes x width per band row (map, int32 component labels, masks), more while a hole taller than the band is pending (default: 1024)")
-    p.add_argument("--no_progress", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
 
@@ -68,7 +68,7 @@ def main(args: argparse.Namespace) -> list[Path]:
             sizes=args.sizes,
             stride=args.stride,
             band_rows=args.band_rows,
-            progress=not args.no_progress,
+            progress=not args.quiet,
         )
         print(f"{map_path} -> {output} ({args.method})")
         done.append(output)

@@ -60,7 +60,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )
     p.add_argument("--save_probs", action="store_true", help="also write per-class uint8 probabilities IMAGE_predict[_NAME]_prob{c}.png")
     p.add_argument("--preview_size", type=int, default=2048, help="longest side of the colour preview; 0: no preview (default: 2048)")
-    p.add_argument("--no_progress", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
 
@@ -96,7 +96,7 @@ def main(args: argparse.Namespace) -> list[dict]:
             save_probs=args.save_probs,
             preview_path=paths["preview"] if args.preview_size > 0 else None,
             preview_size=max(args.preview_size, 1),
-            progress=not args.no_progress,
+            progress=not args.quiet,
         )
         took = time.perf_counter() - start
         print(f"{image}: {res['windows']} windows in {took:.1f} s -> {res['map']}")

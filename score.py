@@ -31,7 +31,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--output_dir", default=None, help="folder of the maps when --pred is not given (default: DATA_ROOT/submit)")
     p.add_argument("--images", nargs="+", default=["image_3", "image_4"], help="images to score when --pred is not given; their scores add up into one (default: image_3 image_4)")
     p.add_argument("--num_classes", type=int, default=4, help="number of classes (default: 4)")
-    p.add_argument("--no_progress", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
 
@@ -47,7 +47,7 @@ def main(args: argparse.Namespace) -> dict:
         jobs = [(out_dir / f"{im}_predict.png", src_dir / f"{im}_label.png", src_dir / f"{im}.png") for im in args.images]
     total = ConfusionMatrix(args.num_classes)
     for pred, label, source in jobs:
-        cm = score_map(pred, label, source, args.num_classes, progress=not args.no_progress)
+        cm = score_map(pred, label, source, args.num_classes, progress=not args.quiet)
         if len(jobs) > 1:
             print(f"{pred}: mIoU {cm.compute()['mIoU']:.4f}")
         total.merge(cm)

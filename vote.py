@@ -36,7 +36,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--priority", default=None, help="class order for ties, e.g. 1,3,2,0 (default: the earliest input's class wins)")
     p.add_argument("--soft", action="store_true", help="sum the inputs' saved probabilities (X_prob{c}.png) instead of counting votes")
     p.add_argument("--num_classes", type=int, default=4, help="number of classes (default: 4)")
-    p.add_argument("--no_progress", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
 
@@ -77,7 +77,7 @@ def main(args: argparse.Namespace) -> list[Path]:
         if output in inputs:
             raise InputError(f"{output}: the output is also an input")
         probs = [prob_paths(p, args.num_classes) for p in inputs] if args.soft else None
-        vote_maps(inputs, output, args.num_classes, priority, probs, progress=not args.no_progress)
+        vote_maps(inputs, output, args.num_classes, priority, probs, progress=not args.quiet)
         print(f"{' + '.join(p.name for p in inputs)} -> {output}" + (" (soft)" if args.soft else ""))
         done.append(output)
     return done

@@ -159,7 +159,7 @@ def main(args: argparse.Namespace) -> dict:
     for s, root in roots.items():
         cmd = [sys.executable, str(ROOT / "predict.py"), "--data_root", str(root), "--images", "image_3",
                "--output_dir", str(root / "submit"), "--batch_size", str(args.batch_size), "--workers", str(args.workers),
-               "--device", args.device, "--no_progress"] + (["--amp"] if args.amp else [])
+               "--device", args.device, "--quiet"] + (["--amp"] if args.amp else [])
         m = measure(cmd)
         info = png_info(root / "submit" / "image_3_predict.png")
         m.update(height=info.height, width=info.width)

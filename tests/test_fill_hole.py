@@ -158,7 +158,7 @@ def test_square_known_answer(tmp_path):
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, str(ROOT / "fill_hole.py"), "--no_progress", *args], capture_output=True, text=True, cwd=ROOT)
+    return subprocess.run([sys.executable, str(ROOT / "fill_hole.py"), "--quiet", *args], capture_output=True, text=True, cwd=ROOT)
 
 
 def test_cli_in_place_and_size_error(tmp_path):

@@ -73,7 +73,7 @@ def test_score_streams_many_strips(tmp_path, monkeypatch):
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, str(ROOT / "score.py"), "--no_progress", *args], capture_output=True, text=True, cwd=ROOT)
+    return subprocess.run([sys.executable, str(ROOT / "score.py"), "--quiet", *args], capture_output=True, text=True, cwd=ROOT)
 
 
 def test_cli_json_and_print(tmp_path):

@@ -56,7 +56,7 @@ def test_vote_maps_streams_large_file(tmp_path):
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, str(ROOT / "vote.py"), "--no_progress", *args], capture_output=True, text=True, cwd=ROOT)
+    return subprocess.run([sys.executable, str(ROOT / "vote.py"), "--quiet", *args], capture_output=True, text=True, cwd=ROOT)
 
 
 def test_cli_sizes_differ_is_one_line_error(tmp_path):
