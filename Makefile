@@ -18,10 +18,9 @@ $(STAMP): requirements.txt
 test: setup
 	$(PY) -m pytest -q tests
 
+# Synthetic data, tiles, three models, prediction, vote, hole filling, and a table of scores.
 demo: setup
-	$(PY) make_synthetic_data.py --data_root $(DEMO_ROOT)
-	$(PY) generate_train_data.py --data_root $(DEMO_ROOT) --tile_size 256
-	$(PY) generate_test_data.py --data_root $(DEMO_ROOT) --tile_size 256
+	$(PY) run_pipeline.py --synthetic --data_root $(DEMO_ROOT)
 
 clean-data:
-	rm -rf $(DEMO_ROOT)/jingwei_round1_* $(DEMO_ROOT)/train $(DEMO_ROOT)/test $(DEMO_ROOT)/submit
+	rm -rf $(DEMO_ROOT)/jingwei_round1_* $(DEMO_ROOT)/train $(DEMO_ROOT)/test $(DEMO_ROOT)/plain $(DEMO_ROOT)/model $(DEMO_ROOT)/submit

@@ -1,0 +1,171 @@
+"""The whole pipeline as one command: tiles, three models, prediction, vote, hole filling, scores.
+
+    python run_pipeline.py --synthetic                       # what `make demo` runs (small, CPU)
+    python run_pipeline.py --data_root work --train_images a.png b.png --test_images c.png
+
+Each step is the documented script with its documented flags, run as a subprocess (the commands are
+printed, so any step can be rerun by hand). On your own imagery: RGBA (alpha 0 = no data) or RGB PNGs,
+8-bit, each training image with its label ``NAME_label.png`` beside it (0..num_classes-1, 255 ignored);
+test images may have one too, for scoring. At the end one table gives mIoU and per-class IoU after each
+stage, computed from the maps by score.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from cropmap.imageio import InputError, run_cli
+from cropmap.metrics import CLASS_NAMES, iou_from_confusion
+from cropmap.tiling import TEST_SOURCE_DIR, TRAIN_SOURCE_DIR
+
+ROOT = Path(__file__).resolve().parent
+
+# The three models of the ensemble, most trusted first (vote ties go to the earliest):
+# (stage name, training script, model, experiment suffix)
+MODELS = [
+    ("deeplabv3_ce", "train.py", "deeplabv3", "ce"),
+    ("deeplabv3_focal", "train_focalloss.py", "deeplabv3", "focal"),
+    ("unet", "Unet_resnet34/train.py", "unet", "unet"),
+]
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Run every step of the pipeline and print a table of scores.",
+                                add_help=add_help)
+    p.add_argument("--data_root", default="data", help="data root of the contract's layout (default: data)")
+    p.add_argument("--synthetic", action="store_true",
+                   help="first write the synthetic data set (make_synthetic_data.py) into --data_root")
+    p.add_argument("--size", type=int, default=3000, help="with --synthetic: longest image side (default: 3000)")
+    p.add_argument("--train_images", nargs="+", default=None,
+                   help="training PNGs (labels NAME_label.png beside them) (default: image_1 image_2 of the layout)")
+    p.add_argument("--test_images", nargs="+", default=None,
+                   help="test PNGs, scored when NAME_label.png exists beside them (default: image_3 image_4)")
+    p.add_argument("--num_classes", type=int, default=4, help="number of classes (default: 4)")
+    p.add_argument("--tile_size", type=int, default=256, help="tile and window side (default: 256)")
+    p.add_argument("--epochs", type=int, default=4, help="epochs of each model (default: 4)")
+    p.add_argument("--iters_per_epoch", type=int, default=40, help="iterations per epoch (default: 40)")
+    p.add_argument("--batch_size", type=int, default=8, help="training batch size (default: 8)")
+    p.add_argument("--crop_size", type=int, default=224, help="training crop side, a multiple of 32 (default: 224)")
+    p.add_argument("--base_lr", type=float, default=0.01, help="SGD learning rate (default: 0.01)")
+    p.add_argument("--backbone", default="resnet18", help="DeepLabv3 backbone (default: resnet18)")
+    p.add_argument("--unet_backbone", default="resnet34", help="U-Net encoder (default: resnet34)")
+    p.add_argument("--device", default=None, help="torch device for training and prediction (default: cuda if available)")
+    p.add_argument("--tta", default="flip", choices=["none", "flip", "d4"],
+                   help="test-time augmentation of the TTA stage (default: flip)")
+    p.add_argument("--max_hole", type=int, default=20000, help="fill_hole.py --max_hole (default: 20000)")
+    p.add_argument("--exp", default="demo", help="experiment name of the trained models (default: demo)")
+    p.add_argument("--skip_training", action="store_true", help="reuse the checkpoints of an earlier run")
+    p.add_argument("--quiet", action="store_true", help="no progress bars in the steps")
+    return p
+
+
+def run(cmd: list[str]) -> None:
+    """Run one step as a subprocess from the repository root; stop the pipeline if it fails."""
+    shown = " ".join(shlex.quote(c) for c in cmd)
+    print(f"\n$ {shown}", flush=True)
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, *cmd], cwd=ROOT)
+    if proc.returncode:
+        raise InputError(f"step failed (exit {proc.returncode}): {shown}")
+    print(f"  ({time.perf_counter() - t0:.0f} s)", flush=True)
+
+
+def main(args: argparse.Namespace) -> list[dict]:
+    t_start = time.perf_counter()
+    root = Path(args.data_root).resolve()
+    q = ["--quiet"] if args.quiet else []
+    if args.synthetic:
+        run(["make_synthetic_data.py", "--data_root", str(root), "--size", str(args.size), *q])
+    train_images = [str(Path(p).resolve()) for p in args.train_images] if args.train_images else \
+        [str(root / TRAIN_SOURCE_DIR / f"image_{i}.png") for i in (1, 2)]
+    test_images = [Path(p).resolve() for p in args.test_images] if args.test_images else \
+        [root / TEST_SOURCE_DIR / f"image_{i}.png" for i in (3, 4)]
+    names = [p.stem for p in test_images]
+    tile = str(args.tile_size)
+
+    run(["generate_train_data.py", "--data_root", str(root), "--images", *train_images, "--tile_size", tile,
+         "--keep", "valid", "--val_fraction", "0.15", "--num_classes", str(args.num_classes), *q])
+    run(["generate_test_data.py", "--data_root", str(root), "--images", *map(str, test_images), "--tile_size", tile, *q])
+    # the original's way for comparison: non-overlapping windows pasted side by side
+    plain_root = root / "plain"
+    run(["generate_test_data.py", "--data_root", str(plain_root), "--images", *map(str, test_images),
+         "--tile_size", tile, "--stride", tile, *q])
+
+    device = ["--device", args.device] if args.device else []
+    common = ["--data_root", str(root), "--epochs", str(args.epochs),
+              "--iters_per_epoch", str(args.iters_per_epoch), "--batch_size", str(args.batch_size),
+              "--crop_size", str(args.crop_size), "--base_lr", str(args.base_lr),
+              "--num_classes", str(args.num_classes), "--save_every", str(args.epochs), *device, *q]
+    checkpoints = {}
+    for name, script, model, suffix in MODELS:
+        backbone = args.unet_backbone if model == "unet" else args.backbone
+        exp = f"{args.exp}_{suffix}"
+        checkpoints[name] = root / "model" / f"{model}_{backbone}_{exp}_best.pth"  # the contract's name
+        if not args.skip_training:
+            run([script, "--train", *common, "--exp", exp, "--backbone", backbone])
+
+    submit = root / "submit"
+    pred = lambda image, stage: submit / f"{image}_predict_{stage}.png"  # noqa: E731
+    predict = ["predict.py", "--output_dir", str(submit), *device, *q]
+    first = MODELS[0][0]
+    run([*predict, "--data_root", str(plain_root), "--images", *names, "--checkpoint", str(checkpoints[first]),
+         "--blend", "none", "--name", "plain", "--preview_size", "0"])
+    for name, *_ in MODELS:
+        run([*predict, "--data_root", str(root), "--images", *names, "--checkpoint", str(checkpoints[name]),
+             "--name", name])
+    run([*predict, "--data_root", str(root), "--images", *names, "--checkpoint", str(checkpoints[first]),
+         "--tta", args.tta, "--name", f"{first}_tta", "--preview_size", "0"])
+    for image, src in zip(names, test_images):
+        run(["vote.py", "--inputs", *(str(pred(image, m)) for m, *_ in MODELS), "--output", str(pred(image, "vote")),
+             "--num_classes", str(args.num_classes)])
+        run(["fill_hole.py", "--input", str(pred(image, "vote")), "--source", str(src),
+             "--output", str(submit / f"{image}_predict.png"), "--max_hole", str(args.max_hole),
+             "--num_classes", str(args.num_classes)])
+
+    stages = [("plain stitching (original's way)", "plain"), *((f"{m} (blended)", m) for m, *_ in MODELS),
+              (f"{first} + TTA ({args.tta})", f"{first}_tta"), ("vote of the 3 models", "vote"),
+              ("vote + fill_hole (final)", None)]
+    labelled = [(i, s) for i, s in zip(names, test_images) if s.with_name(f"{s.stem}_label.png").exists()]
+    rows = []
+    if not labelled:
+        print("\nno test labels (NAME_label.png beside the test images): nothing to score")
+    for title, stage in stages:
+        total = np.zeros((args.num_classes, args.num_classes), np.int64)
+        for image, src in labelled:
+            path = submit / f"{image}_predict.png" if stage is None else pred(image, stage)
+            out = submit / "scores" / f"{path.stem}.json"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            run(["score.py", "--pred", str(path), "--label", str(src.with_name(f"{src.stem}_label.png")),
+                 "--source", str(src), "--json", str(out), "--num_classes", str(args.num_classes),
+                 *q])
+            total += np.array(json.loads(out.read_text())["confusion"], np.int64)
+        if labelled:
+            iou, miou, miou_all = iou_from_confusion(total)
+            rows.append({"stage": title, "mIoU": miou, "mIoU_all": miou_all, "iou": iou})
+    if rows:
+        print_table(rows, args.num_classes)
+    print(f"\npipeline finished in {(time.perf_counter() - t_start) / 60:.1f} min; maps in {submit}")
+    return rows
+
+
+def print_table(rows: list[dict], num_classes: int) -> None:
+    names = [CLASS_NAMES[c] if c < len(CLASS_NAMES) else f"class {c}" for c in range(num_classes)]
+    head = "| stage | mIoU | mIoU_all | " + " | ".join(names) + " |"
+    print("\nScores on the test images (all test images together; IoU over valid pixels):\n")
+    print(head)
+    print("|" + "---|" * (3 + num_classes))
+    for r in rows:
+        cells = " | ".join(f"{v:.3f}" for v in r["iou"])
+        print(f"| {r['stage']} | {r['mIoU']:.3f} | {r['mIoU_all']:.3f} | {cells} |")
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main, get_args_parser().parse_args()))
