@@ -1,0 +1,48 @@
+"""The whole pipeline end to end on a tiny synthetic data set: every hand-off between the scripts."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+import run_pipeline
+from cropmap.imageio import read_png
+from cropmap.metrics import iou_from_confusion
+
+SRC = "jingwei_round1_test_a_20190619"
+
+
+def test_pipeline_end_to_end(tmp_path):
+    root = tmp_path / "data"
+    args = run_pipeline.get_args_parser().parse_args([
+        "--synthetic", "--data_root", str(root), "--size", "700", "--tile_size", "128", "--epochs", "1",
+        "--iters_per_epoch", "2", "--batch_size", "2", "--crop_size", "96", "--device", "cpu", "--quiet",
+        "--max_hole", "500",
+    ])
+    rows = run_pipeline.main(args)
+    stages = [r["stage"] for r in rows]
+    assert len(stages) == 7 and stages[-1].startswith("vote + fill_hole")
+
+    submit = root / "submit"
+    total = np.zeros((4, 4), np.int64)
+    for image in ("image_3", "image_4"):
+        src = read_png(root / SRC / f"{image}.png")
+        label = read_png(root / SRC / f"{image}_label.png")
+        final = read_png(submit / f"{image}_predict.png")  # the contract's name for the final map
+        assert final.shape == label.shape and final.dtype == np.uint8 and final.max() < 4
+        assert (final[src[..., 3] == 0] == 0).all()
+        # the vote map is the per-pixel majority of the three models, ties to the most trusted (the first):
+        # with three voters that is the second's class where the last two agree, else the first's
+        a, b, c = (read_png(submit / f"{image}_predict_{m}.png") for m, *_ in run_pipeline.MODELS)
+        np.testing.assert_array_equal(read_png(submit / f"{image}_predict_vote.png"), np.where(b == c, b, a))
+        valid = (src[..., 3] == 255) & (label != 255)
+        total += np.bincount(label[valid].astype(np.int64) * 4 + final[valid], minlength=16).reshape(4, 4)
+    # the table's final row is the contract's metric on the final maps
+    iou, miou, miou_all = iou_from_confusion(total)
+    np.testing.assert_allclose(rows[-1]["iou"], iou)
+    assert rows[-1]["mIoU"] == miou and rows[-1]["mIoU_all"] == miou_all
+    # every trained model left a checkpoint that loads without pickle
+    for path in (root / "model").glob("*_best.pth"):
+        ck = torch.load(path, weights_only=True)
+        assert {"model", "args", "epoch", "optimizer", "metrics"} <= set(ck)
+    assert len(list((root / "model").glob("*_best.pth"))) == 3
