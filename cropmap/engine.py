@@ -381,6 +381,7 @@ class Trainer:
             _check(s >= 32 and s % 32 == 0, f"crop size {s} must be a positive multiple of 32")
         for b in self.batch_sizes:
             _check(b >= 2, f"batch size {b} must be >= 2 (BatchNorm in training mode needs two images)")
+        _check(args.oversample >= 0, f"--oversample must be >= 0, got {args.oversample}")
         _check(0 < args.scale_min <= args.scale_max, f"need 0 < --scale_min <= --scale_max, got {args.scale_min}, {args.scale_max}")
 
         if args.threads:
@@ -559,7 +560,9 @@ class Trainer:
     def fit(self) -> dict:
         """Train from ``start_epoch`` to ``--epochs``; returns the last epoch's log row."""
         args = self.args
-        row: dict = {}
+        row: dict = self.history[-1] if self.history else {}
+        if self.start_epoch >= args.epochs and self.is_main:
+            print(f"nothing to train: the checkpoint has {self.start_epoch} epochs, --epochs is {args.epochs}")
         if self.is_main:
             print(f"training {ckpt.run_name(vars(args))}: {len(self.train_set)} train / {len(self.val_set)} val tiles, "
                   f"{self.iters_per_epoch} iterations per epoch, scales {self.scales}, batch sizes {self.batch_sizes}, "
