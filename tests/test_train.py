@@ -68,7 +68,7 @@ def test_each_script_end_to_end(tiles, tmp_path):
         if module == "train_swa":
             extra += ["--swa_start", "1"]
         if module == "train_multiscale":
-            extra += ["--scales", "64,32", "--batch_sizes", "2,4"]
+            extra += ["--scales", "64,32", "--batch_sizes", "2,4", "--amp"]  # bf16 autocast on the CPU
         if module == "Unet_resnet34.train":
             extra += ["--backbone", "resnet34"]
         if module == "train_focalloss":
@@ -230,3 +230,19 @@ def test_ddp_two_cpu_processes(tiles, tmp_path):
     assert not list((root / "model").glob(".*.part"))
     model, _ = ckpt.load_model(root / "model" / "deeplabv3_resnet18_t_best.pth")
     assert not model.training
+
+
+def test_bench_train_reports_both_throughputs(tiles, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_train", ROOT / "bench" / "train.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    args = bench.get_args_parser().parse_args(
+        ["--data_root", str(tiles), "--backbone", "resnet18", "--device", "cpu", "--crop_size", "32",
+         "--batch_size", "2", "--workers", "1", "--threads", "1", "--iters", "2", "--warmup", "1", "--repeats", "1"])
+    result = bench.main(args)
+    assert result["full"] > 0 and result["bare"] > 0
+    assert result["overhead_pct"] == pytest.approx(100 * (1 - result["full"] / result["bare"]))
+    assert "data pipeline overhead" in capsys.readouterr().out
+    assert not (tiles / "model").exists()  # the benchmark writes nothing
