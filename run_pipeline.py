@@ -50,11 +50,21 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                    help="test PNGs, scored when NAME_label.png exists beside them (default: image_3 image_4)")
     p.add_argument("--num_classes", type=int, default=4, help="number of classes (default: 4)")
     p.add_argument("--tile_size", type=int, default=256, help="tile and window side (default: 256)")
-    p.add_argument("--epochs", type=int, default=4, help="epochs of each model (default: 4)")
-    p.add_argument("--iters_per_epoch", type=int, default=40, help="iterations per epoch (default: 40)")
+    p.add_argument("--epochs", type=int, default=6, help="epochs of each DeepLabv3 model (default: 6)")
+    p.add_argument("--unet_epochs", type=int, default=3, help="epochs of the U-Net (default: 3)")
+    p.add_argument("--iters_per_epoch", type=int, default=None,
+                   help="cap on iterations per epoch (default: one pass over the training tiles)")
     p.add_argument("--batch_size", type=int, default=8, help="training batch size (default: 8)")
-    p.add_argument("--crop_size", type=int, default=224, help="training crop side, a multiple of 32 (default: 224)")
-    p.add_argument("--base_lr", type=float, default=0.01, help="SGD learning rate (default: 0.01)")
+    p.add_argument("--crop_size", type=int, default=256, help="DeepLabv3 training crop, a multiple of 32 (default: 256)")
+    p.add_argument("--unet_crop_size", type=int, default=128,
+                   help="U-Net training crop (default: 128; its full-resolution hypercolumn head costs about 10x "
+                        "DeepLabv3-ResNet18 per pixel on a CPU)")
+    p.add_argument("--base_lr", type=float, default=0.03, help="SGD learning rate (default: 0.03)")
+    p.add_argument("--scale_min", type=float, default=1.0,
+                   help="smallest random rescale in training (default: 1.0: the synthetic classes differ by row "
+                        "spacing at a fixed ground resolution, which rescaling 0.5-2x would blur together)")
+    p.add_argument("--scale_max", type=float, default=1.0, help="largest random rescale in training (default: 1.0)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads per training process (default: PyTorch's)")
     p.add_argument("--backbone", default="resnet18", help="DeepLabv3 backbone (default: resnet18)")
     p.add_argument("--unet_backbone", default="resnet34", help="U-Net encoder (default: resnet34)")
     p.add_argument("--device", default=None, help="torch device for training and prediction (default: cuda if available)")
@@ -100,17 +110,23 @@ def main(args: argparse.Namespace) -> list[dict]:
          "--tile_size", tile, "--stride", tile, *q])
 
     device = ["--device", args.device] if args.device else []
-    common = ["--data_root", str(root), "--epochs", str(args.epochs),
-              "--iters_per_epoch", str(args.iters_per_epoch), "--batch_size", str(args.batch_size),
-              "--crop_size", str(args.crop_size), "--base_lr", str(args.base_lr),
-              "--num_classes", str(args.num_classes), "--save_every", str(args.epochs), *device, *q]
+    common = ["--data_root", str(root), "--batch_size", str(args.batch_size), "--base_lr", str(args.base_lr),
+              "--scale_min", str(args.scale_min), "--scale_max", str(args.scale_max), "--workers", "1",
+              "--num_classes", str(args.num_classes), *device, *q]
+    if args.iters_per_epoch:
+        common += ["--iters_per_epoch", str(args.iters_per_epoch)]
+    if args.threads:
+        common += ["--threads", str(args.threads)]
     checkpoints = {}
     for name, script, model, suffix in MODELS:
         backbone = args.unet_backbone if model == "unet" else args.backbone
         exp = f"{args.exp}_{suffix}"
         checkpoints[name] = root / "model" / f"{model}_{backbone}_{exp}_best.pth"  # the contract's name
+        epochs = args.unet_epochs if model == "unet" else args.epochs
+        crop = args.unet_crop_size if model == "unet" else args.crop_size
         if not args.skip_training:
-            run([script, "--train", *common, "--exp", exp, "--backbone", backbone])
+            run([script, "--train", *common, "--exp", exp, "--backbone", backbone, "--epochs", str(epochs),
+                 "--save_every", str(epochs), "--crop_size", str(crop)])
 
     submit = root / "submit"
     pred = lambda image, stage: submit / f"{image}_predict_{stage}.png"  # noqa: E731

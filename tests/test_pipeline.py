@@ -16,7 +16,8 @@ def test_pipeline_end_to_end(tmp_path):
     root = tmp_path / "data"
     args = run_pipeline.get_args_parser().parse_args([
         "--synthetic", "--data_root", str(root), "--size", "700", "--tile_size", "128", "--epochs", "1",
-        "--iters_per_epoch", "2", "--batch_size", "2", "--crop_size", "96", "--device", "cpu", "--quiet",
+        "--unet_epochs", "1", "--iters_per_epoch", "2", "--batch_size", "2", "--crop_size", "96",
+        "--unet_crop_size", "64", "--threads", "1", "--device", "cpu", "--quiet",
         "--max_hole", "500",
     ])
     rows = run_pipeline.main(args)
