@@ -16,7 +16,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 
 from cropmap import cut
 from cropmap.imageio import run_cli

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
-from cropmap.imageio import InputError, run_cli
+from cropmap.imageio import InputError, atomic_path, run_cli
 from cropmap.metrics import ConfusionMatrix
 from cropmap.scoring import score_dict, score_map
 from cropmap.tiling import TEST_SOURCE_DIR
@@ -57,11 +56,8 @@ def main(args: argparse.Namespace) -> dict:
     for row in result["confusion"]:
         print("  " + " ".join(f"{v:>12d}" for v in row))
     if args.json:
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.part")
-        tmp.write_text(json.dumps(result, indent=2) + "\n")
-        os.replace(tmp, path)
+        with atomic_path(args.json) as tmp:
+            tmp.write_text(json.dumps(result, indent=2) + "\n")
     return result
 
 

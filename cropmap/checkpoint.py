@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .imageio import InputError
+from .imageio import InputError, atomic_path
 
 MODEL_DIR = "model"
 
@@ -58,14 +58,8 @@ def plain_args(args) -> dict:
 def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
     """``torch.save`` to a temporary name in the same folder, then rename: never a half-written file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
-    try:
+    with atomic_path(path) as tmp:
         torch.save(state, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path
 
 

@@ -42,7 +42,7 @@ from torch.utils.data import DataLoader, Subset
 
 from . import checkpoint as ckpt
 from .data import MultiScaleBatchSampler, TileDataset, collate, oversample_weights, shard_indices
-from .imageio import InputError
+from .imageio import InputError, atomic_path
 from .metrics import CLASS_NAMES, ConfusionMatrix
 
 IGNORE_INDEX = 255
@@ -684,26 +684,19 @@ class Trainer:
 
 
 def _copy_atomic(src: Path, dst: Path) -> None:
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.part")
-    try:
+    with atomic_path(dst) as tmp:
         shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def write_log_csv(path: Path, history: list[dict]) -> None:
     """One row per epoch (the keys of the first row are the columns); written atomically."""
     if not history:
         return
-    tmp = path.with_name(f".{path.name}.part")
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(history[0]))
         w.writeheader()
         for r in history:
             w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
-    os.replace(tmp, path)
 
 
 def plot_curves(path: Path, history: list[dict]) -> None:
@@ -731,9 +724,8 @@ def plot_curves(path: Path, history: list[dict]) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.part")
-    fig.savefig(tmp, format="png", dpi=90)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=90)
 
 
 # ---- entry points -------------------------------------------------------------------------------

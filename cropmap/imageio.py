@@ -16,13 +16,14 @@ Array conventions: images are ``uint8 [H, W, C]`` in RGB(A) order, labels and ma
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -341,6 +342,24 @@ def _tmp_name(path: Path) -> Path:
     return Path(tmp)
 
 
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` to write to; rename it to ``path`` on success, delete it on error.
+
+    The one way outputs are written in this project: an interrupted run never leaves a file that looks
+    finished under its final name (temporary names start with ``.`` and end in ``.part``).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_name(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def write_png(path: str | os.PathLike, array: np.ndarray, compression: int | None = None) -> None:
     """Write a small ``uint8 [H, W]`` / ``[H, W, 3]`` (RGB) / ``[H, W, 4]`` (RGBA) array as a PNG, atomically.
 
@@ -367,15 +386,8 @@ def write_png(path: str | os.PathLike, array: np.ndarray, compression: int | Non
     ok, data = cv2.imencode(".png", arr, params)
     if not ok:
         raise OSError(f"{path}: PNG encoding failed")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_name(path)
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data.tobytes())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data.tobytes())
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:

@@ -19,7 +19,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from .imageio import IGNORE, check_image, check_label, iter_row_windows
+from .imageio import IGNORE, atomic_path, check_image, check_label, iter_row_windows
 
 # Default folders of the contract's data layout, relative to --data_root
 TRAIN_SOURCE_DIR = "jingwei_round1_train_20190619"
@@ -135,13 +135,10 @@ def class_columns(num_classes: int) -> list[str]:
 
 def write_tiles_csv(path: str | os.PathLike, rows: Sequence[dict], columns: Sequence[str]) -> None:
     """Write ``tiles.csv`` atomically (temporary name, then rename)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.part")
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
-    os.replace(tmp, path)
 
 
 def read_tiles_csv(path: str | os.PathLike) -> list[dict]:
