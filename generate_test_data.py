@@ -22,18 +22,7 @@ from cropmap.tiling import BASE_COLUMNS, TEST_DIR, TEST_SOURCE_DIR, test_tile_fo
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Cut test images into overlapping windows.", add_help=add_help)
-    p.add_argument("--data_root", default="data", help="data root folder (default: data)")
-    p.add_argument("--source_dir", default=TEST_SOURCE_DIR,
-                   help=f"folder under --data_root holding the sources (default: {TEST_SOURCE_DIR})")
-    p.add_argument("--images", nargs="+", default=["image_3", "image_4"],
-                   help="names in --source_dir, or paths to PNGs (default: image_3 image_4)")
-    p.add_argument("--tile_size", type=int, default=512, help="window side in pixels (default: 512)")
-    p.add_argument("--stride", type=int, default=None, help="distance between windows (default: half the window)")
-    p.add_argument("--workers", type=int, default=2, help="threads encoding PNG windows (default: 2)")
-    p.add_argument("--compression", type=int, default=0, choices=range(10), metavar="0-9",
-                   help="PNG zlib level of the image tiles: 0 (default) stores them uncompressed, fastest to write "
-                        "and to read in training, about twice the disk of level 1-9; label tiles are always compressed")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    cut.add_tiling_args(p, TEST_SOURCE_DIR, ["image_3", "image_4"], "window", "half the window")
     return p
 
 

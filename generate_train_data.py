@@ -24,13 +24,8 @@ from cropmap.tiling import BASE_COLUMNS, TRAIN_DIR, TRAIN_SOURCE_DIR, class_colu
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Cut training images and labels into tiles.", add_help=add_help)
-    p.add_argument("--data_root", default="data", help="data root folder (default: data)")
-    p.add_argument("--source_dir", default=TRAIN_SOURCE_DIR,
-                   help=f"folder under --data_root holding the sources (default: {TRAIN_SOURCE_DIR})")
-    p.add_argument("--images", nargs="+", default=["image_1", "image_2"],
-                   help="names in --source_dir, or paths to PNGs (label: NAME_label.png beside each) (default: image_1 image_2)")
-    p.add_argument("--tile_size", type=int, default=512, help="tile side in pixels (default: 512)")
-    p.add_argument("--stride", type=int, default=None, help="distance between tiles (default: the tile size)")
+    cut.add_tiling_args(p, TRAIN_SOURCE_DIR, ["image_1", "image_2"], "tile", "the tile size",
+                        label_help=" (label: NAME_label.png beside each)")
     p.add_argument("--keep", choices=["crop", "valid"], default="crop",
                    help="crop: keep tiles with a crop pixel, as the original (default); valid: every tile with a valid pixel")
     p.add_argument("--num_classes", type=int, default=4, help="label values are 0..num_classes-1, 255 ignored (default: 4)")
@@ -38,11 +33,6 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--split_block", type=int, default=None,
                    help="side in pixels of the blocks drawn for validation (default: 4 tile sizes, less on small images)")
     p.add_argument("--seed", type=int, default=0, help="seed of the train/val split (default: 0)")
-    p.add_argument("--workers", type=int, default=2, help="threads encoding PNG tiles (default: 2)")
-    p.add_argument("--compression", type=int, default=0, choices=range(10), metavar="0-9",
-                   help="PNG zlib level of the image tiles: 0 (default) stores them uncompressed, fastest to write "
-                        "and to read in training, about twice the disk of level 1-9; label tiles are always compressed")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
 

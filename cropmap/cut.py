@@ -53,6 +53,23 @@ def resolve(data_root: str | Path, source_dir: str, images: Sequence[str], with_
     return out
 
 
+def add_tiling_args(p, source_dir: str, images: list[str], what: str, stride_default: str,
+                    label_help: str = "") -> None:
+    """The flags both tiling scripts share (sources, grid, threads, compression, progress)."""
+    p.add_argument("--data_root", default="data", help="data root folder (default: data)")
+    p.add_argument("--source_dir", default=source_dir,
+                   help=f"folder under --data_root holding the sources (default: {source_dir})")
+    p.add_argument("--images", nargs="+", default=images,
+                   help=f"names in --source_dir, or paths to PNGs{label_help} (default: {' '.join(images)})")
+    p.add_argument("--tile_size", type=int, default=512, help=f"{what} side in pixels (default: 512)")
+    p.add_argument("--stride", type=int, default=None, help=f"distance between {what}s (default: {stride_default})")
+    p.add_argument("--workers", type=int, default=2, help=f"threads encoding PNG {what}s (default: 2)")
+    p.add_argument("--compression", type=int, default=0, choices=range(10), metavar="0-9",
+                   help="PNG zlib level of the image tiles: 0 (default) stores them uncompressed, fastest to write "
+                        "and to read, about twice the disk of level 1-9; label tiles are always compressed")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
 def validate(sources: Sequence[Source], num_classes: int | None = None) -> None:
     """Check every source before anything is written: headers, sizes, and (streamed) label values."""
     for s in sources:
