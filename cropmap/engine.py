@@ -42,10 +42,9 @@ from torch.utils.data import DataLoader, Subset
 
 from . import checkpoint as ckpt
 from .data import MultiScaleBatchSampler, TileDataset, collate, oversample_weights, shard_indices
-from .imageio import InputError, atomic_path
+from .imageio import IGNORE as IGNORE_INDEX, InputError, atomic_path
 from .metrics import CLASS_NAMES, ConfusionMatrix
 
-IGNORE_INDEX = 255
 
 
 def _int_list(text: str) -> list[int]:

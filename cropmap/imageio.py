@@ -37,6 +37,15 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+def valid_mask(alpha: np.ndarray) -> np.ndarray:
+    """``bool`` mask of valid pixels from an alpha channel (``uint8``, any shape): alpha 255.
+
+    The one definition of "valid" (the contract's metric counts alpha-255 pixels only, so partly
+    transparent pixels are no-data too). RGB sources read with ``rgba=True`` get alpha 255 everywhere.
+    """
+    return alpha == 255
+
+
 class InputError(Exception):
     """A problem with the user's input: printed as one line, exit status non-zero, no traceback."""
 

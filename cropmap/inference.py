@@ -25,7 +25,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .data import IMAGENET_MEAN, IMAGENET_STD  # the one definition of the normalisation
-from .imageio import InputError, PngStripWriter, read_png, write_png
+from .imageio import InputError, PngStripWriter, read_png, valid_mask, write_png
 from .postprocess import prob_paths
 from .stitch import BandStitcher, PreviewCanvas
 
@@ -282,7 +282,7 @@ def predict_image(
                     writers.extend(PngStripWriter(p, width, height) for p in prob_paths(map_path, c))
                 stitcher = BandStitcher(height, width, c, tile, sink, blend=blend, keep_probs=save_probs)
             y, x = int(row["y"]), int(row["x"])
-            stitcher.add(y, x, probs, rgba[3] == 255)
+            stitcher.add(y, x, probs, valid_mask(rgba[3]))
             if preview is not None:
                 preview.add_image(y, x, rgba[:3].transpose(1, 2, 0))
             bar.update(1)

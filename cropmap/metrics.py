@@ -22,8 +22,9 @@ import math
 import numpy as np
 import torch
 
+from .imageio import IGNORE as IGNORE_INDEX  # the one ignore value (label 255)
+
 CLASS_NAMES = ("other", "tobacco", "corn", "coix")
-IGNORE_INDEX = 255
 #: Maximum number of pixels processed at once by :meth:`ConfusionMatrix.update`.
 CHUNK = 1 << 22
 

@@ -17,7 +17,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import cv2
 import numpy as np
 
-from .imageio import InputError, PngInfo, PngStripWriter, check_image, iter_strips, png_info
+from .imageio import InputError, PngInfo, PngStripWriter, check_image, iter_strips, png_info, valid_mask
 
 NODATA = 255  # no-data marker inside work strips
 FILL_METHODS = ("morph", "square")
@@ -444,7 +444,7 @@ def fill_map(
     def work() -> Iterator[tuple[int, np.ndarray]]:
         for y, (m, rgba) in iter_zip([map_path, source_path], strip_rows(width * 5)):
             _check_values(m, num_classes, map_path)
-            yield y, np.where(rgba[..., 3] == 255, m, NODATA).astype(np.uint8)
+            yield y, np.where(valid_mask(rgba[..., 3]), m, NODATA).astype(np.uint8)
 
     strips: Iterable = work()
     if method == "morph":

@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-from .imageio import InputError, check_image, check_label
+from .imageio import InputError, check_image, check_label, valid_mask
 from .metrics import ConfusionMatrix
 from .postprocess import check_map, iter_zip, strip_rows
 
@@ -43,7 +43,7 @@ def score_map(
     with tqdm(total=lab.height, desc="score", unit="row", disable=not progress, leave=False) as bar:
         for _, strips in iter_zip(paths, strip_rows(lab.width * 6)):
             p, t = strips[0], strips[1]
-            valid = strips[2][..., 3] == 255 if source is not None else None
+            valid = valid_mask(strips[2][..., 3]) if source is not None else None
             try:
                 cm.update(p, t, valid)
             except ValueError as e:

@@ -19,7 +19,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from .imageio import IGNORE, atomic_path, check_image, check_label, iter_row_windows
+from .imageio import IGNORE, atomic_path, check_image, check_label, iter_row_windows, valid_mask
 
 # Default folders of the contract's data layout, relative to --data_root
 TRAIN_SOURCE_DIR = "jingwei_round1_train_20190619"
@@ -52,11 +52,6 @@ def tile_name(image: str, y: int, x: int) -> str:
 def test_tile_folder(image: str) -> str:
     """Folder (under ``data/test/``) of an image's test windows: ``image_3`` -> ``image3``."""
     return image.replace("_", "")
-
-
-def valid_mask(alpha: np.ndarray) -> np.ndarray:
-    """``bool`` mask of valid pixels from an alpha channel (``uint8``, any shape)."""
-    return alpha == 255
 
 
 @dataclass
