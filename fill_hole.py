@@ -17,9 +17,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from cropmap.imageio import InputError, run_cli
+from cropmap.cli import InputError, run_cli
+from cropmap.layout import map_path, submit_dir, predict_source
 from cropmap.postprocess import FILL_METHODS, fill_map
-from cropmap.tiling import TEST_SOURCE_DIR
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -44,17 +44,13 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> list[Path]:
     if any(s % args.stride for s in args.sizes):
         raise InputError(f"--stride {args.stride} must divide every --sizes value {args.sizes}")
-    data_root = Path(args.data_root)
     if args.input:
         if not args.source:
             raise InputError("--source IMAGE.png is required with --input (its alpha marks no-data, which must stay 0)")
         jobs = [(Path(args.input), Path(args.source), Path(args.output or args.input))]
     else:
-        out_dir = Path(args.output_dir) if args.output_dir else data_root / "submit"
-        jobs = [
-            (out_dir / f"{im}_predict.png", data_root / TEST_SOURCE_DIR / f"{im}.png", out_dir / f"{im}_predict.png")
-            for im in args.images
-        ]
+        out_dir = submit_dir(args.data_root, args.output_dir)
+        jobs = [(map_path(out_dir, im), predict_source(args.data_root, im), map_path(out_dir, im)) for im in args.images]
     done = []
     for map_path, source, output in jobs:
         fill_map(

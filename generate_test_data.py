@@ -13,16 +13,17 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 from cropmap import cut
-from cropmap.imageio import run_cli
-from cropmap.tiling import BASE_COLUMNS, TEST_DIR, TEST_SOURCE_DIR, test_tile_folder, write_tiles_csv
+from cropmap.cli import run_cli
+from cropmap.files import clean_partials
+from cropmap.layout import DEFAULT_TEST_IMAGES, TEST_SOURCE_DIR, windows_dir, window_folder, tiles_csv
+from cropmap.tiling import BASE_COLUMNS, write_tiles_csv
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Cut test images into overlapping windows.", add_help=add_help)
-    cut.add_tiling_args(p, TEST_SOURCE_DIR, ["image_3", "image_4"], "window", "half the window")
+    cut.add_tiling_args(p, TEST_SOURCE_DIR, DEFAULT_TEST_IMAGES, "window", "half the window")
     return p
 
 
@@ -30,14 +31,14 @@ def main(args: argparse.Namespace) -> list[dict]:
     stride = args.stride or max(1, args.tile_size // 2)
     sources = cut.resolve(args.data_root, args.source_dir, args.images, with_label=False)
     cut.validate(sources)
-    out = Path(args.data_root) / TEST_DIR
-    csv_path = out / "tiles.csv"
+    out = windows_dir(args.data_root)
+    csv_path = tiles_csv(out)
     csv_path.unlink(missing_ok=True)
     rows: list[dict] = []
     t0 = time.perf_counter()
     for src in sources:
-        folder = out / test_tile_folder(src.name)
-        cut.clean_partials(folder)
+        folder = out / window_folder(src.name)
+        clean_partials(folder)
         new = cut.cut_source(src, args.tile_size, stride, folder, None, lambda t, c: True, rgba_out=True,
                              num_classes=0, workers=args.workers, progress=not args.quiet,
                              compression=args.compression)

@@ -14,17 +14,18 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 
 from cropmap import cut
-from cropmap.imageio import run_cli
-from cropmap.tiling import BASE_COLUMNS, TRAIN_DIR, TRAIN_SOURCE_DIR, class_columns, write_tiles_csv
+from cropmap.cli import run_cli
+from cropmap.files import clean_partials
+from cropmap.layout import DEFAULT_TRAIN_IMAGES, TRAIN_SOURCE_DIR, tiles_csv, train_dir, train_tile_dirs
+from cropmap.tiling import BASE_COLUMNS, class_columns, write_tiles_csv
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Cut training images and labels into tiles.", add_help=add_help)
-    cut.add_tiling_args(p, TRAIN_SOURCE_DIR, ["image_1", "image_2"], "tile", "the tile size",
+    cut.add_tiling_args(p, TRAIN_SOURCE_DIR, DEFAULT_TRAIN_IMAGES, "tile", "the tile size",
                         label_help=" (label: NAME_label.png beside each)")
     p.add_argument("--keep", choices=["crop", "valid"], default="crop",
                    help="crop: keep tiles with a crop pixel, as the original (default); valid: every tile with a valid pixel")
@@ -40,11 +41,11 @@ def main(args: argparse.Namespace) -> list[dict]:
     stride = args.stride or args.tile_size
     sources = cut.resolve(args.data_root, args.source_dir, args.images, with_label=True)
     cut.validate(sources, args.num_classes)  # everything is checked before anything is written
-    out = Path(args.data_root) / TRAIN_DIR
-    data_dir, label_dir = out / "data", out / "label"
-    csv_path = out / "tiles.csv"
+    out = train_dir(args.data_root)
+    data_dir, label_dir = train_tile_dirs(args.data_root)
+    csv_path = tiles_csv(out)
     csv_path.unlink(missing_ok=True)  # an interrupted run must not leave an index that looks finished
-    cut.clean_partials(data_dir, label_dir)
+    clean_partials(data_dir, label_dir)
     crop_classes = slice(1, args.num_classes)
 
     def keep(tile, counts) -> bool:

@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 from cropmap import synthetic
-from cropmap.imageio import run_cli
-from cropmap.tiling import TEST_SOURCE_DIR, TRAIN_SOURCE_DIR
+from cropmap.cli import run_cli
+from cropmap.layout import TEST_SOURCE_DIR, TRAIN_SOURCE_DIR, label_path
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -39,7 +39,8 @@ def main(args: argparse.Namespace) -> None:
         folder = root / (TRAIN_SOURCE_DIR if name in synthetic.TRAIN_IMAGES else TEST_SOURCE_DIR)
         h, w = sizes[name]
         t0 = time.perf_counter()
-        synthetic.write_image(folder / f"{name}.png", folder / f"{name}_label.png", h, w,
+        image = folder / f"{name}.png"
+        synthetic.write_image(image, label_path(image), h, w,
                               seed=args.seed * 1000 + int(name.split("_")[-1]), progress=not args.quiet)
         print(f"{folder / name}.png: {h}x{w} (H x W) in {time.perf_counter() - t0:.1f} s", flush=True)
 

@@ -14,14 +14,14 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-from cropmap.imageio import run_cli
-from cropmap.inference import TTA_MODES, output_paths, predict_image
+from cropmap.cli import run_cli
+from cropmap.inference import TTA_MODES, predict_image
+from cropmap.layout import map_path, model_dir, preview_path, submit_dir, windows_dir, window_folder, tiles_csv
 from cropmap.stitch import BLEND_MODES
-from cropmap.tiling import TEST_DIR, read_tiles_csv, test_tile_folder
+from cropmap.tiling import read_tiles_csv
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -67,26 +67,25 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> list[dict]:
     from cropmap.checkpoint import find_best, load_model
 
-    data_root = Path(args.data_root)
-    output_dir = Path(args.output_dir) if args.output_dir else data_root / "submit"
-    checkpoint = args.checkpoint or find_best(data_root / "model")
+    output_dir = submit_dir(args.data_root, args.output_dir)
+    checkpoint = args.checkpoint or find_best(model_dir(args.data_root))
     device = torch.device(args.device)
     model, ckpt_args = load_model(checkpoint, device=device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     print(f"checkpoint {checkpoint}: {ckpt_args.get('model')} / {ckpt_args.get('backbone')}")
-    test_dir = data_root / TEST_DIR
-    all_rows = read_tiles_csv(test_dir / "tiles.csv")
+    windows = windows_dir(args.data_root)
+    all_rows = read_tiles_csv(tiles_csv(windows))
     results = []
     for image in args.images:
         rows = [r for r in all_rows if r["image"] == image]
-        paths = output_paths(output_dir, image, args.name)
+        out = map_path(output_dir, image, args.name)
         start = time.perf_counter()
         res = predict_image(
             model,
             rows,
-            test_dir / test_tile_folder(image),
-            paths["map"],
+            windows / window_folder(image),
+            out,
             device=device,
             batch_size=args.batch_size,
             workers=args.workers,
@@ -94,7 +93,7 @@ def main(args: argparse.Namespace) -> list[dict]:
             amp=args.amp,
             blend=args.blend,
             save_probs=args.save_probs,
-            preview_path=paths["preview"] if args.preview_size > 0 else None,
+            preview_path=preview_path(out) if args.preview_size > 0 else None,
             preview_size=max(args.preview_size, 1),
             progress=not args.quiet,
         )

@@ -22,9 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from cropmap.imageio import InputError, run_cli
+from cropmap.cli import InputError, run_cli
 from cropmap.metrics import CLASS_NAMES, iou_from_confusion
-from cropmap.tiling import TEST_SOURCE_DIR, TRAIN_SOURCE_DIR
+from cropmap.layout import (DEFAULT_TEST_IMAGES, DEFAULT_TRAIN_IMAGES, TEST_SOURCE_DIR, TRAIN_SOURCE_DIR,
+                            checkpoint_path, label_path, map_path, model_dir, submit_dir)
 
 ROOT = Path(__file__).resolve().parent
 
@@ -95,9 +96,9 @@ def main(args: argparse.Namespace) -> list[dict]:
     if args.synthetic:
         run(["make_synthetic_data.py", "--data_root", str(root), "--size", str(args.size), *q])
     train_images = [str(Path(p).resolve()) for p in args.train_images] if args.train_images else \
-        [str(root / TRAIN_SOURCE_DIR / f"image_{i}.png") for i in (1, 2)]
+        [str(root / TRAIN_SOURCE_DIR / f"{name}.png") for name in DEFAULT_TRAIN_IMAGES]
     test_images = [Path(p).resolve() for p in args.test_images] if args.test_images else \
-        [root / TEST_SOURCE_DIR / f"image_{i}.png" for i in (3, 4)]
+        [root / TEST_SOURCE_DIR / f"{name}.png" for name in DEFAULT_TEST_IMAGES]
     names = [p.stem for p in test_images]
     tile = str(args.tile_size)
 
@@ -121,15 +122,15 @@ def main(args: argparse.Namespace) -> list[dict]:
     for name, script, model, suffix in MODELS:
         backbone = args.unet_backbone if model == "unet" else args.backbone
         exp = f"{args.exp}_{suffix}"
-        checkpoints[name] = root / "model" / f"{model}_{backbone}_{exp}_best.pth"  # the contract's name
+        checkpoints[name] = checkpoint_path(model_dir(root), {"model": model, "backbone": backbone, "exp": exp}, "best")
         epochs = args.unet_epochs if model == "unet" else args.epochs
         crop = args.unet_crop_size if model == "unet" else args.crop_size
         if not args.skip_training:
             run([script, "--train", *common, "--exp", exp, "--backbone", backbone, "--epochs", str(epochs),
                  "--save_every", str(epochs), "--crop_size", str(crop)])
 
-    submit = root / "submit"
-    pred = lambda image, stage: submit / f"{image}_predict_{stage}.png"  # noqa: E731
+    submit = submit_dir(root)
+    pred = lambda image, stage: map_path(submit, image, stage)  # noqa: E731
     predict = ["predict.py", "--output_dir", str(submit), *device, *q]
     first = MODELS[0][0]
     run([*predict, "--data_root", str(plain_root), "--images", *names, "--checkpoint", str(checkpoints[first]),
@@ -143,23 +144,23 @@ def main(args: argparse.Namespace) -> list[dict]:
         run(["vote.py", "--inputs", *(str(pred(image, m)) for m, *_ in MODELS), "--output", str(pred(image, "vote")),
              "--num_classes", str(args.num_classes)])
         run(["fill_hole.py", "--input", str(pred(image, "vote")), "--source", str(src),
-             "--output", str(submit / f"{image}_predict.png"), "--max_hole", str(args.max_hole),
+             "--output", str(map_path(submit, image)), "--max_hole", str(args.max_hole),
              "--num_classes", str(args.num_classes)])
 
     stages = [("plain stitching (original's way)", "plain"), *((f"{m} (blended)", m) for m, *_ in MODELS),
               (f"{first} + TTA ({args.tta})", f"{first}_tta"), ("vote of the 3 models", "vote"),
               ("vote + fill_hole (final)", None)]
-    labelled = [(i, s) for i, s in zip(names, test_images) if s.with_name(f"{s.stem}_label.png").exists()]
+    labelled = [(i, s) for i, s in zip(names, test_images) if label_path(s).exists()]
     rows = []
     if not labelled:
         print("\nno test labels (NAME_label.png beside the test images): nothing to score")
     for title, stage in stages:
         total = np.zeros((args.num_classes, args.num_classes), np.int64)
         for image, src in labelled:
-            path = submit / f"{image}_predict.png" if stage is None else pred(image, stage)
+            path = map_path(submit, image) if stage is None else pred(image, stage)
             out = submit / "scores" / f"{path.stem}.json"
             out.parent.mkdir(parents=True, exist_ok=True)
-            run(["score.py", "--pred", str(path), "--label", str(src.with_name(f"{src.stem}_label.png")),
+            run(["score.py", "--pred", str(path), "--label", str(label_path(src)),
                  "--source", str(src), "--json", str(out), "--num_classes", str(args.num_classes),
                  *q])
             total += np.array(json.loads(out.read_text())["confusion"], np.int64)

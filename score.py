@@ -12,12 +12,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
-from cropmap.imageio import InputError, atomic_path, run_cli
+from cropmap.cli import InputError, run_cli
+from cropmap.files import atomic_path
 from cropmap.metrics import ConfusionMatrix
+from cropmap.layout import label_path, map_path, submit_dir, predict_source
 from cropmap.scoring import score_dict, score_map
-from cropmap.tiling import TEST_SOURCE_DIR
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -35,15 +35,14 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> dict:
-    data_root = Path(args.data_root)
     if args.pred:
         if not args.label:
             raise InputError("--label is required with --pred")
         jobs = [(args.pred, args.label, args.source)]
     else:
-        out_dir = Path(args.output_dir) if args.output_dir else data_root / "submit"
-        src_dir = data_root / TEST_SOURCE_DIR
-        jobs = [(out_dir / f"{im}_predict.png", src_dir / f"{im}_label.png", src_dir / f"{im}.png") for im in args.images]
+        out_dir = submit_dir(args.data_root, args.output_dir)
+        sources = [predict_source(args.data_root, im) for im in args.images]
+        jobs = [(map_path(out_dir, im), label_path(src), src) for im, src in zip(args.images, sources)]
     total = ConfusionMatrix(args.num_classes)
     for pred, label, source in jobs:
         cm = score_map(pred, label, source, args.num_classes, progress=not args.quiet)

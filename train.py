@@ -9,7 +9,7 @@ Every flag is described by ``python train.py -h``; the loop is :mod:`cropmap.eng
 import sys
 
 from cropmap import engine
-from cropmap.imageio import run_cli
+from cropmap.cli import run_cli
 
 
 def get_args_parser(add_help: bool = True):

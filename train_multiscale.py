@@ -9,7 +9,7 @@ Successive batches cycle through ``--scales`` (default 512,448), each with its o
 import sys
 
 from cropmap import engine
-from cropmap.imageio import run_cli
+from cropmap.cli import run_cli
 
 
 def get_args_parser(add_help: bool = True):

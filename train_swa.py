@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from cropmap import engine
-from cropmap.imageio import InputError, run_cli
+from cropmap.cli import InputError, run_cli
 
 
 def get_args_parser(add_help: bool = True):

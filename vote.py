@@ -16,12 +16,11 @@ given; the output is ``OUTPUT_DIR/IMAGE_predict.png``.
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from pathlib import Path
 
-from cropmap.imageio import InputError, run_cli
-from cropmap.postprocess import prob_paths
+from cropmap.cli import InputError, run_cli
+from cropmap.layout import is_derived, map_path, prob_paths, submit_dir
 from cropmap.postprocess import vote_maps
 
 
@@ -40,14 +39,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     return p
 
 
-_DERIVED = re.compile(r"_(preview|prob\d+)$")
-
-
 def per_model_maps(folder: Path, image: str, models: list[str] | None) -> list[Path]:
     """The per-model maps of ``image`` in ``folder``: ``{image}_predict_{name}.png``, in ``models`` order."""
     if models:
-        return [folder / f"{image}_predict_{m}.png" for m in models]
-    found = sorted(p for p in folder.glob(f"{image}_predict_*.png") if not _DERIVED.search(p.stem))
+        return [map_path(folder, image, m) for m in models]
+    found = sorted(p for p in folder.glob(map_path("", image, "*").name) if not is_derived(p))
     if not found:
         raise InputError(f"{folder}: no per-model maps {image}_predict_NAME.png to vote (predict.py --name NAME)")
     return found
@@ -67,11 +63,11 @@ def parse_priority(text: str | None, num_classes: int) -> list[int] | None:
 
 def main(args: argparse.Namespace) -> list[Path]:
     priority = parse_priority(args.priority, args.num_classes)
-    out_dir = Path(args.output_dir) if args.output_dir else Path(args.data_root) / "submit"
+    out_dir = submit_dir(args.data_root, args.output_dir)
     if args.inputs:
         jobs = [([Path(p) for p in args.inputs], Path(args.output) if args.output else out_dir / "vote.png")]
     else:
-        jobs = [(per_model_maps(out_dir, im, args.models), out_dir / f"{im}_predict.png") for im in args.images]
+        jobs = [(per_model_maps(out_dir, im, args.models), map_path(out_dir, im)) for im in args.images]
     done = []
     for inputs, output in jobs:
         if output in inputs:

@@ -53,7 +53,7 @@ def prepare(args, size: int) -> Path:
 
     from cropmap.checkpoint import save_checkpoint
     from cropmap.synthetic import write_image
-    from cropmap.tiling import TEST_SOURCE_DIR
+    from cropmap.layout import TEST_SOURCE_DIR
     from models import build_model
 
     root = Path(args.out) / str(size)
@@ -84,7 +84,8 @@ def throughput(args) -> dict:
 
     from cropmap.checkpoint import find_best, load_model
     from cropmap.inference import WindowDataset, forward_probs, normalize, predict_image
-    from cropmap.tiling import TEST_DIR, read_tiles_csv, test_tile_folder
+    from cropmap.layout import TEST_DIR, window_folder
+    from cropmap.tiling import read_tiles_csv
 
     root = Path(args.data_root)
     device = torch.device(args.device)
@@ -92,7 +93,7 @@ def throughput(args) -> dict:
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     rows = sorted(read_tiles_csv(root / TEST_DIR / "tiles.csv"), key=lambda r: (r["y"], r["x"]))
-    folder = root / TEST_DIR / test_tile_folder("image_3")
+    folder = root / TEST_DIR / window_folder("image_3")
     ds = WindowDataset(folder, rows)
     windows = torch.stack([ds[i][1] for i in range(len(ds))])
     batches = list(torch.split(windows, args.batch_size))
@@ -151,7 +152,7 @@ def main(args: argparse.Namespace) -> dict:
         print(json.dumps(throughput(args)))
         return {}
 
-    from cropmap.imageio import png_info
+    from cropmap.raster import raster_info
 
     small, large = args.sizes
     roots = {s: prepare(args, s) for s in (small, large)}
@@ -161,7 +162,7 @@ def main(args: argparse.Namespace) -> dict:
                "--output_dir", str(root / "submit"), "--batch_size", str(args.batch_size), "--workers", str(args.workers),
                "--device", args.device, "--quiet"] + (["--amp"] if args.amp else [])
         m = measure(cmd)
-        info = png_info(root / "submit" / "image_3_predict.png")
+        info = raster_info(root / "submit" / "image_3_predict.png")
         m.update(height=info.height, width=info.width)
         results[f"rss_{s}"] = m
         print(f"predict.py {s}x{s}: peak RSS {m['peak_rss_mib']:.0f} MiB, wall {m['wall_s']:.1f} s", flush=True)

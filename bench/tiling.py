@@ -57,7 +57,7 @@ def worker(args) -> dict:
     shutil.rmtree(work, ignore_errors=True)
     t0 = time.perf_counter()
     if args.worker == "decode":
-        from cropmap.imageio import iter_strips
+        from cropmap.raster import iter_strips
 
         for path in (src, label):
             for _ in iter_strips(path, args.tile_size):
@@ -98,11 +98,11 @@ def write_repeated(src: Path, label: Path, height: int, width: int, block: int =
     from tqdm import tqdm
 
     from cropmap import synthetic
-    from cropmap.imageio import PngStripWriter
+    from cropmap.raster import open_writer
 
     rgba, lab = synthetic.synthesize_rows(1, block, block, 0, block)
     reps = -(-width // block)
-    with PngStripWriter(src, width, height, 4) as wi, PngStripWriter(label, width, height, 1) as wl:
+    with open_writer(src, width, height, 4) as wi, open_writer(label, width, height, 1) as wl:
         for y in tqdm(range(0, height, 256), desc="repeated source", leave=False):
             h = min(256, height - y)
             rows = np.arange(y, y + h) % block

@@ -26,7 +26,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from cropmap import engine  # noqa: E402
-from cropmap.imageio import run_cli  # noqa: E402
+from cropmap.cli import run_cli  # noqa: E402
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -95,7 +95,7 @@ def main(args: argparse.Namespace) -> dict:
     trainer = engine.Trainer(args)
     need = args.warmup + args.iters
     if len(trainer.sampler) < need:
-        from cropmap.imageio import InputError
+        from cropmap.cli import InputError
 
         raise InputError(f"{len(trainer.sampler)} batches per epoch, fewer than --warmup + --iters = {need}")
     full, bare = [], []

@@ -10,7 +10,8 @@ A checkpoint is a dict loadable with ``torch.load(path, weights_only=True)``::
     ...        resume state: scheduler, rng, hooks (e.g. SWA), scaler, history, best_miou,
                train_model (the optimised weights when they differ from ``model``)
 
-Files: ``{data_root}/model/{model}_{backbone}_{exp}_epoch{N}.pth``, ``..._last.pth``, ``..._best.pth``.
+Files: ``{data_root}/model/{model}_{backbone}_{exp}_epoch{N}.pth``, ``..._last.pth``, ``..._best.pth``
+(:func:`cropmap.layout.checkpoint_path`).
 """
 
 from __future__ import annotations
@@ -23,20 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .imageio import InputError, atomic_path
-
-MODEL_DIR = "model"
-
-
-def run_name(args: dict) -> str:
-    """``{model}_{backbone}_{exp}``: the stem of a run's checkpoints and its log folder."""
-    return f"{args['model']}_{args['backbone']}_{args['exp']}"
-
-
-def checkpoint_path(model_dir: str | os.PathLike, args: dict, tag: str) -> Path:
-    """``{model_dir}/{run_name}_{tag}.pth``; ``tag`` is ``epoch{N}``, ``last`` or ``best``."""
-    return Path(model_dir) / f"{run_name(args)}_{tag}.pth"
-
+from .cli import InputError, short
+from .files import atomic_path
 
 def plain_args(args) -> dict:
     """A Namespace or dict of flags as a plain dict that ``weights_only`` loading accepts.
@@ -71,8 +60,7 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # corrupt file, not a torch file, or unsafe content
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise InputError(f"{path}: cannot load checkpoint ({first[:160]})") from None
+        raise InputError(f"{path}: cannot load checkpoint ({short(e)})") from None
     if not isinstance(state, dict) or "model" not in state or "args" not in state:
         raise InputError(f"{path}: not a cropmap checkpoint (no 'model' and 'args' entries)")
     return state
@@ -117,8 +105,7 @@ def load_model(path: str | os.PathLike, device="cpu", aux: bool = False) -> tupl
         )
         model.load_state_dict(weights)
     except (KeyError, ValueError, RuntimeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise InputError(f"{path}: weights do not fit the saved model flags ({first[:160]})") from None
+        raise InputError(f"{path}: weights do not fit the saved model flags ({short(e)})") from None
     return model.to(device).eval(), dict(args)
 
 

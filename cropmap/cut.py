@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
-from tqdm import tqdm
-
-from .imageio import InputError, PngInfo, check_image, check_label, check_label_values, write_png
+from .cli import InputError, progress as progress_bar
+from .layout import label_path, source_path
+from .raster import RasterInfo, check_image, check_label, check_label_values, write_png
 from .tiling import Tile, class_columns, grid_positions, iter_tiles
 
 
@@ -26,7 +26,7 @@ class Source:
     name: str
     image: Path
     label: Path | None = None
-    info: PngInfo | None = None  # filled by :func:`validate`
+    info: RasterInfo | None = None  # filled by :func:`validate`
     hist: np.ndarray | None = None  # label value counts int64 [256], filled by :func:`validate`
 
 
@@ -34,18 +34,12 @@ def resolve(data_root: str | Path, source_dir: str, images: Sequence[str], with_
     """Turn ``--images`` entries into sources.
 
     An entry is a name looked up as ``{data_root}/{source_dir}/{name}.png`` (label ``{name}_label.png``
-    beside it), or a path to a PNG (its label, if needed, is ``{stem}_label.png`` in the same folder).
+    beside it), or a path to an image (its label, if needed, is ``{stem}_label{suffix}`` in the same folder).
     """
     out = []
     for entry in images:
-        p = Path(entry)
-        if p.suffix.lower() == ".png" or len(p.parts) > 1:
-            image = p
-        else:
-            image = Path(data_root) / source_dir / f"{entry}.png"
-        name = image.stem
-        label = image.with_name(f"{name}_label.png") if with_label else None
-        out.append(Source(name, image, label))
+        image = source_path(data_root, source_dir, entry)
+        out.append(Source(image.stem, image, label_path(image) if with_label else None))
     names = [s.name for s in out]
     dup = {n for n in names if names.count(n) > 1}
     if dup:
@@ -81,14 +75,6 @@ def validate(sources: Sequence[Source], num_classes: int | None = None) -> None:
             s.hist = check_label_values(s.label, num_classes)
 
 
-def clean_partials(*folders: Path) -> None:
-    """Remove temporary files an interrupted run left behind."""
-    for folder in folders:
-        if folder.is_dir():
-            for p in folder.glob(".*.part"):
-                p.unlink(missing_ok=True)
-
-
 def remove_stale(folder: Path, image: str, keep: set[str]) -> int:
     """Delete tiles of ``image`` in ``folder`` that the current run did not write (from an older run)."""
     pattern = re.compile(re.escape(image) + r"_\d+_\d+\.png")
@@ -118,7 +104,7 @@ def cut_source(
 
     ``keep(tile, class_counts)`` decides which tiles are written (all-no-data tiles never are).
     Data tiles are RGBA when ``rgba_out`` (test windows) else RGB, written with PNG ``compression``
-    (see :func:`~cropmap.imageio.write_png`); label tiles go to ``label_dir`` (default compression: they are
+    (see :func:`~cropmap.raster.write_png`); label tiles go to ``label_dir`` (default compression: they are
     small).
     """
     assert src.info is not None, "validate() first"
@@ -148,7 +134,7 @@ def cut_source(
 
     rows: list[dict] = []
     pending: list[Future] = []
-    bar = tqdm(total=n_tiles, desc=f"{src.name} tiles", unit="tile", disable=not progress)
+    bar = progress_bar(total=n_tiles, desc=f"{src.name} tiles", unit="tile", disable=not progress)
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         try:
             for t in iter_tiles(src.image, tile, stride, src.label, image=src.name):
@@ -165,7 +151,7 @@ def cut_source(
     return rows
 
 
-def _collect(f: Future, rows: list[dict], bar: tqdm) -> None:
+def _collect(f: Future, rows: list[dict], bar) -> None:
     row = f.result()
     if row is not None:
         rows.append(row)

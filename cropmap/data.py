@@ -27,8 +27,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from .imageio import IGNORE, InputError, read_png
-from .tiling import TRAIN_DIR, read_tiles_csv
+from .cli import InputError
+from .raster import IGNORE, read_png
+from .layout import tiles_csv, train_dir, train_tile_dirs
+from .tiling import read_tiles_csv
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -123,11 +125,6 @@ def to_tensors(image: np.ndarray, label: np.ndarray) -> tuple[torch.Tensor, torc
 # ---- the data set -------------------------------------------------------------------------------
 
 
-def tiles_csv_path(data_root: str | os.PathLike) -> Path:
-    """``{data_root}/train/tiles.csv``."""
-    return Path(data_root) / TRAIN_DIR / "tiles.csv"
-
-
 def read_split(data_root: str | os.PathLike, split: str, num_classes: int = 4) -> list[dict]:
     """Rows of ``{data_root}/train/tiles.csv`` whose ``split`` column equals ``split``.
 
@@ -136,7 +133,7 @@ def read_split(data_root: str | os.PathLike, split: str, num_classes: int = 4) -
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    path = tiles_csv_path(data_root)
+    path = tiles_csv(train_dir(data_root))
     rows = read_tiles_csv(path)
     if rows and "split" not in rows[0]:
         raise InputError(f"{path}: no 'split' column (re-run generate_train_data.py)")
@@ -146,10 +143,9 @@ def read_split(data_root: str | os.PathLike, split: str, num_classes: int = 4) -
     rows = [r for r in rows if r["split"] == split]
     if not rows:
         raise InputError(f"{path}: no tile has split '{split}'")
-    root = path.parent
     for r in rows:
-        for folder in ("data", "label"):
-            f = root / folder / r["name"]
+        for folder in train_tile_dirs(data_root):
+            f = folder / r["name"]
             if not f.is_file():
                 raise InputError(f"{f}: file not found (listed in {path})")
     return rows
@@ -181,7 +177,7 @@ class TileDataset(Dataset):
         crop_size: int = 512,
         scale_range: tuple[float, float] = (0.5, 2.0),
     ) -> None:
-        self.root = tiles_csv_path(data_root).parent
+        self.image_dir, self.label_dir = train_tile_dirs(data_root)
         self.rows = read_split(data_root, split, num_classes)
         self.num_classes = num_classes
         self.augment = augment
@@ -194,7 +190,7 @@ class TileDataset(Dataset):
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """The raw tile: ``(uint8 [H, W, 3] RGB, uint8 [H, W] label)``, checked."""
         name = self.rows[index]["name"]
-        image_path, label_path = self.root / "data" / name, self.root / "label" / name
+        image_path, label_path = self.image_dir / name, self.label_dir / name
         image, label = read_png(image_path), read_png(label_path)
         if image.ndim != 3 or image.shape[2] < 3:
             raise InputError(f"{image_path}: expected an RGB tile, got shape {image.shape}")

@@ -29,7 +29,6 @@ import argparse
 import csv
 import math
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -42,16 +41,12 @@ from torch.utils.data import DataLoader, Subset
 
 from . import checkpoint as ckpt
 from .data import MultiScaleBatchSampler, TileDataset, collate, oversample_weights, shard_indices
-from .imageio import IGNORE as IGNORE_INDEX, InputError, atomic_path
+from .cli import InputError, int_list, progress as progress_bar, short
+from .files import atomic_path, copy_atomic
+from .layout import checkpoint_path, model_dir, run_name
+from .raster import IGNORE
 from .metrics import CLASS_NAMES, ConfusionMatrix
 
-
-
-def _int_list(text: str) -> list[int]:
-    try:
-        return [int(t) for t in str(text).replace(" ", "").split(",") if t]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -100,9 +95,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g = p.add_argument_group("data")
     g.add_argument("--batch_size", type=int, default=8, help="images per iteration and process (default: 8)")
     g.add_argument("--crop_size", type=int, default=512, help="training crop side, a multiple of 32 (default: 512)")
-    g.add_argument("--scales", type=_int_list, default=None,
+    g.add_argument("--scales", type=int_list, default=None,
                    help="crop sides that successive batches cycle through, e.g. 512,448 (default: --crop_size only)")
-    g.add_argument("--batch_sizes", type=_int_list, default=None,
+    g.add_argument("--batch_sizes", type=int_list, default=None,
                    help="batch size per --scales entry (default: --batch_size scaled to equal pixels per batch)")
     g.add_argument("--scale_min", type=float, default=0.5, help="smallest random rescale of a tile (default: 0.5)")
     g.add_argument("--scale_max", type=float, default=2.0, help="largest random rescale of a tile (default: 2.0)")
@@ -299,9 +294,7 @@ def evaluate(
     cm = ConfusionMatrix(num_classes, device=device)
     sums = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, images
     if progress:
-        from tqdm import tqdm
-
-        loader = tqdm(loader, desc="val", leave=False, dynamic_ncols=True)
+        loader = progress_bar(loader, desc="val", leave=False)
     for images, labels in _clean_errors(loader):
         images = images.to(device, non_blocking=True)
         if device.type == "cuda":
@@ -436,7 +429,7 @@ class Trainer:
         if self.world_size > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = nn.parallel.DistributedDataParallel(model, device_ids=ids)
-        self.criterion = build_loss(args.loss, aux_weight=args.aux_weight, ignore_index=IGNORE_INDEX).to(self.device)
+        self.criterion = build_loss(args.loss, aux_weight=args.aux_weight, ignore_index=IGNORE).to(self.device)
         backbone_ids = {id(p) for p in model.backbone.parameters()}
         groups = [
             {"params": [p for p in model.parameters() if id(p) in backbone_ids], "lr": args.base_lr},
@@ -452,8 +445,8 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
 
         # bookkeeping
-        self.model_dir = Path(args.data_root) / ckpt.MODEL_DIR
-        self.run_dir = self.model_dir / ckpt.run_name(vars(args))
+        self.model_dir = model_dir(args.data_root)
+        self.run_dir = self.model_dir / run_name(vars(args))
         self.start_epoch = 0
         self.best_miou = float("-inf")
         self.history: list[dict] = []
@@ -492,9 +485,8 @@ class Trainer:
         start = time.perf_counter()
         bar = None
         if self.is_main and not self.args.quiet:
-            from tqdm import tqdm
-
-            bar = tqdm(total=self.iters_per_epoch, desc=f"epoch {epoch + 1}/{self.args.epochs}", dynamic_ncols=True)
+            # transient: the epoch's line below says what it did
+            bar = progress_bar(total=self.iters_per_epoch, desc=f"epoch {epoch + 1}/{self.args.epochs}", leave=False)
         for i, (images, labels) in enumerate(_clean_errors(self.train_loader)):
             if i >= self.iters_per_epoch:
                 break
@@ -563,7 +555,7 @@ class Trainer:
         if self.start_epoch >= args.epochs and self.is_main:
             print(f"nothing to train: the checkpoint has {self.start_epoch} epochs, --epochs is {args.epochs}")
         if self.is_main:
-            print(f"training {ckpt.run_name(vars(args))}: {len(self.train_set)} train / {len(self.val_set)} val tiles, "
+            print(f"training {run_name(vars(args))}: {len(self.train_set)} train / {len(self.val_set)} val tiles, "
                   f"{self.iters_per_epoch} iterations per epoch, scales {self.scales}, batch sizes {self.batch_sizes}, "
                   f"{self.world_size} process(es) on {self.device}", flush=True)
         for epoch in range(self.start_epoch, args.epochs):
@@ -631,14 +623,14 @@ class Trainer:
     def _save(self, epoch: int, eval_model: nn.Module, metrics: dict, improved: bool, last: bool) -> None:
         args = vars(self.args)
         last_path = ckpt.save_checkpoint(self.state_dict(epoch, eval_model, metrics),
-                                         ckpt.checkpoint_path(self.model_dir, args, "last"))
+                                         checkpoint_path(self.model_dir, args, "last"))
         tags = []
         if last or (self.args.save_every > 0 and (epoch + 1) % self.args.save_every == 0):
             tags.append(f"epoch{epoch + 1}")
         if improved:
             tags.append("best")
         for tag in tags:
-            _copy_atomic(last_path, ckpt.checkpoint_path(self.model_dir, args, tag))
+            copy_atomic(last_path, checkpoint_path(self.model_dir, args, tag))
 
     def load(self, path: str | os.PathLike) -> None:
         """Restore a run from a checkpoint written by this trainer (same model flags)."""
@@ -654,7 +646,7 @@ class Trainer:
             self.model.load_state_dict(state.get("train_model", state["model"]))
             self.optimizer.load_state_dict(state["optimizer"])
         except (RuntimeError, ValueError) as e:
-            raise InputError(f"{path}: does not fit this run ({str(e).splitlines()[0][:160]})") from None
+            raise InputError(f"{path}: does not fit this run ({short(e)})") from None
         self.scheduler.load_state_dict(state["scheduler"])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
@@ -680,11 +672,6 @@ class Trainer:
             if barrier:
                 dist.barrier()
             dist.destroy_process_group()
-
-
-def _copy_atomic(src: Path, dst: Path) -> None:
-    with atomic_path(dst) as tmp:
-        shutil.copyfile(src, tmp)
 
 
 def write_log_csv(path: Path, history: list[dict]) -> None:
@@ -732,7 +719,7 @@ def plot_curves(path: Path, history: list[dict]) -> None:
 
 def evaluate_checkpoint(args: argparse.Namespace) -> dict:
     """Without ``--train``: evaluate ``--checkpoint`` (or ``--resume``, or the run's ``_best.pth``) on the val tiles."""
-    path = args.checkpoint or args.resume or ckpt.checkpoint_path(Path(args.data_root) / ckpt.MODEL_DIR, vars(args), "best")
+    path = args.checkpoint or args.resume or checkpoint_path(model_dir(args.data_root), vars(args), "best")
     _, _, device = init_distributed(args.device)
     model, saved = ckpt.load_model(path, device=device)
     num_classes = int(saved.get("num_classes", args.num_classes))
@@ -762,6 +749,6 @@ def main(args: argparse.Namespace, hooks: Iterable[Hook] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    from .imageio import run_cli
+    from .cli import run_cli
 
     sys.exit(run_cli(main, get_args_parser().parse_args()))

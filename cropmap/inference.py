@@ -25,8 +25,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .data import IMAGENET_MEAN, IMAGENET_STD  # the one definition of the normalisation
-from .imageio import InputError, PngStripWriter, read_png, valid_mask, write_png
-from .postprocess import prob_paths
+from .cli import InputError, progress as progress_bar
+from .layout import prob_paths
+from .raster import open_writer, read_png, valid_mask, write_png
 from .stitch import BandStitcher, PreviewCanvas
 
 #: TTA levels: "none"; "flip": identity, horizontal and vertical flip; "d4": the 8 flips/90-degree rotations.
@@ -194,17 +195,6 @@ def iter_window_probs(
     yield from drain(keep=0)
 
 
-def output_paths(output_dir: str | os.PathLike, image: str, name: str | None = None) -> dict:
-    """Where :func:`predict_image` writes for ``image``: ``map``, ``preview`` and ``prob`` (a format string).
-
-    ``{output_dir}/{image}_predict.png`` (or ``{image}_predict_{name}.png`` with a model name),
-    the preview ``..._preview.png`` and probabilities ``..._prob{c}.png`` beside it.
-    """
-    stem = f"{image}_predict" + (f"_{name}" if name else "")
-    d = Path(output_dir)
-    return {"map": d / f"{stem}.png", "preview": d / f"{stem}_preview.png", "prob": str(d / f"{stem}_prob{{}}.png")}
-
-
 def image_geometry(rows: Sequence[dict], image: str) -> tuple[int, int, int]:
     """``(height, width, tile)`` of an image from its ``tiles.csv`` rows (InputError if inconsistent)."""
     if not rows:
@@ -247,8 +237,6 @@ def predict_image(
         ``{"map": path, "windows": n, "num_classes": C, "probs": [paths], "preview": path or None}``.
     Every file is written under a temporary name and renamed when complete.
     """
-    from tqdm import tqdm
-
     height, width, tile = image_geometry(rows, Path(map_path).stem)
     rows = sorted(rows, key=lambda r: (int(r["y"]), int(r["x"])))
     missing = [r["name"] for r in rows if not os.path.isfile(os.path.join(tile_dir, r["name"]))]
@@ -259,7 +247,7 @@ def predict_image(
         )
     dataset = WindowDataset(tile_dir, rows)
     preview = PreviewCanvas(height, width, preview_size) if preview_path else None
-    writers: list[PngStripWriter] = []
+    writers: list = []
     state: dict = {}
 
     def sink(y: int, labels: np.ndarray, probs: np.ndarray | None) -> None:
@@ -271,15 +259,15 @@ def predict_image(
             preview.add_labels(y, labels)
 
     stitcher = None
-    bar = tqdm(total=len(rows), desc=Path(map_path).name, unit="win", disable=not progress, leave=False)
+    bar = progress_bar(total=len(rows), desc=Path(map_path).name, unit="win", disable=not progress, leave=False)
     try:
         for row, probs, rgba in iter_window_probs(model, dataset, device, batch_size, workers, tta, amp):
             if stitcher is None:
                 c = probs.shape[0]
                 state["num_classes"] = c
-                writers.append(PngStripWriter(map_path, width, height))
+                writers.append(open_writer(map_path, width, height))
                 if save_probs:
-                    writers.extend(PngStripWriter(p, width, height) for p in prob_paths(map_path, c))
+                    writers.extend(open_writer(p, width, height) for p in prob_paths(map_path, c))
                 stitcher = BandStitcher(height, width, c, tile, sink, blend=blend, keep_probs=save_probs)
             y, x = int(row["y"]), int(row["x"])
             stitcher.add(y, x, probs, valid_mask(rgba[3]))

@@ -22,7 +22,7 @@ import math
 import numpy as np
 import torch
 
-from .imageio import IGNORE as IGNORE_INDEX  # the one ignore value (label 255)
+from .raster import IGNORE
 
 CLASS_NAMES = ("other", "tobacco", "corn", "coix")
 #: Maximum number of pixels processed at once by :meth:`ConfusionMatrix.update`.
@@ -58,7 +58,7 @@ class ConfusionMatrix:
         ignore_index: label value that is never counted (255).
     """
 
-    def __init__(self, num_classes: int = 4, device: torch.device | str | None = None, ignore_index: int = IGNORE_INDEX) -> None:
+    def __init__(self, num_classes: int = 4, device: torch.device | str | None = None, ignore_index: int = IGNORE) -> None:
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2, got {num_classes}")
         self.num_classes = num_classes

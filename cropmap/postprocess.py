@@ -1,11 +1,11 @@
-"""Streaming post-processing of full-size maps: voting, hole filling, and the readers they share.
+"""Streaming post-processing of full-size maps: voting and hole filling.
 
-Maps are single-channel ``uint8`` PNGs (values ``0..C-1``, 0 at no-data). Everything here reads them
-top to bottom in strips (:func:`cropmap.imageio.iter_strips`) and writes with
-:class:`cropmap.imageio.PngStripWriter`; memory depends on the map's width, never on its height.
+Maps are single-channel ``uint8`` rasters (values ``0..C-1``, 0 at no-data). Everything here reads them
+top to bottom in strips (:func:`cropmap.raster.iter_zip`) and writes with
+:func:`cropmap.raster.open_writer`; memory depends on the map's width, never on its height.
 
-Inside the fill pipelines no-data travels *in* the map as :data:`NODATA` (255), so that one ``uint8``
-band carries both (a "work" strip); it becomes 0 again when written.
+Inside the fill pipelines no-data travels *in* the map as :data:`~cropmap.raster.IGNORE` (255), so that
+one ``uint8`` band carries both (a "work" strip); it becomes 0 again when written.
 """
 
 from __future__ import annotations
@@ -17,61 +17,10 @@ from typing import Callable, Iterable, Iterator, Sequence
 import cv2
 import numpy as np
 
-from .imageio import InputError, PngInfo, PngStripWriter, check_image, iter_strips, png_info, valid_mask
+from .cli import InputError, progress as progress_bar
+from .raster import IGNORE, check_image, check_map, check_map_values, iter_zip, open_writer, strip_rows, valid_mask
 
-NODATA = 255  # no-data marker inside work strips
 FILL_METHODS = ("morph", "square")
-
-
-# ---- reading several maps in step ---------------------------------------------------------------
-
-
-def check_map(path: str | os.PathLike, like: PngInfo | None = None) -> PngInfo:
-    """Header check of a map: 8-bit single channel, and the size of ``like`` when given (InputError)."""
-    info = png_info(path)
-    if info.bit_depth != 8 or info.color_type != 0:
-        raise InputError(f"{info.path}: maps must be 8-bit single-channel PNGs, got {info.bit_depth}-bit {info.color_name}")
-    if like is not None and info.shape != like.shape:
-        raise InputError(
-            f"{info.path}: size {info.height}x{info.width} differs from {like.path} ({like.height}x{like.width}, H x W)"
-        )
-    return info
-
-
-def strip_rows(width: int, pixels: int = 1 << 23) -> int:
-    """Rows per strip so that one strip holds about ``pixels`` pixels (at least 16 rows)."""
-    return max(16, pixels // max(width, 1))
-
-
-def iter_zip(paths: Sequence[str | os.PathLike], rows: int) -> Iterator[tuple[int, list[np.ndarray]]]:
-    """Decode several same-size PNGs in step: yields ``(y, [strip per path])``.
-
-    Strips are ``uint8 [h, W]`` for single-channel files and ``[h, W, 4]`` (RGBA; RGB gets alpha 255)
-    otherwise. Sizes must have been checked by the caller.
-    """
-    iters = []
-    for p in paths:
-        gray = png_info(p).color_type == 0
-        iters.append((gray, iter_strips(p, rows, rgba=not gray)))
-    while True:
-        got = [next(it, None) for _, it in iters]
-        if got[0] is None:
-            return
-        y = got[0][0]
-        strips = [s[..., 0] if gray and s.ndim == 3 else s for (gray, _), (_, s) in zip(iters, got)]
-        yield y, strips
-
-
-def _check_values(strip: np.ndarray, num_classes: int, path) -> None:
-    if strip.size and int(strip.max()) >= num_classes:
-        bad = int(strip[strip >= num_classes][0])
-        raise InputError(f"{path}: map value {bad} outside 0..{num_classes - 1}")
-
-
-def prob_paths(map_path: str | os.PathLike, num_classes: int) -> list[Path]:
-    """The per-class probability PNGs saved beside a map by ``predict.py --save_probs``: ``X_prob0.png`` ..."""
-    p = Path(map_path)
-    return [p.with_name(f"{p.stem}_prob{c}.png") for c in range(num_classes)]
 
 
 # ---- voting -------------------------------------------------------------------------------------
@@ -138,8 +87,6 @@ def vote_maps(
     ``prob_inputs[i]`` lists input ``i``'s per-class probability PNGs (soft voting). All files must have
     the same size (InputError naming the odd one otherwise); nothing is written then.
     """
-    from tqdm import tqdm
-
     if not inputs:
         raise InputError("no input maps to vote")
     first = check_map(inputs[0])
@@ -157,13 +104,13 @@ def vote_maps(
         raise InputError(f"--priority must list each class 0..{num_classes - 1} once, got {list(priority)}")
     n = len(inputs)
     rows = strip_rows(first.width * (1 + num_classes * (prob_inputs is not None)) * n)
-    with PngStripWriter(output, first.width, first.height) as writer, tqdm(
+    with open_writer(output, first.width, first.height, like=first) as writer, progress_bar(
         total=first.height, desc=Path(output).name, unit="row", disable=not progress, leave=False
     ) as bar:
         for y, strips in iter_zip(list(inputs) + flat_probs, rows):
             maps = np.stack(strips[:n])
             for p, s in zip(inputs, strips[:n]):
-                _check_values(s, num_classes, p)
+                check_map_values(s, num_classes, p)
             probs = None
             if flat_probs:
                 probs = np.stack(strips[n:]).reshape((n, num_classes) + maps.shape[1:])
@@ -241,10 +188,10 @@ def fill_components(
     """Fill, in place, the selected 4-connected regions that are enclosed by one class.
 
     A region of ``select`` becomes class ``c`` when its area is at most ``max_area``, it touches neither
-    the image border nor :data:`NODATA`, and every 4-neighbour outside it has the value ``c``.
+    the image border nor :data:`~cropmap.raster.IGNORE`, and every 4-neighbour outside it has the value ``c``.
 
     Args:
-        band: ``uint8 [h, W]`` work rows (values ``0..C-1``, NODATA for no-data); modified in place.
+        band: ``uint8 [h, W]`` work rows (values ``0..C-1``, IGNORE for no-data); modified in place.
         select: ``bool [h, W]`` candidate pixels (e.g. ``band == 0``).
         cut_top / cut_bottom: the band's first / last row is not the image's edge. Regions touching a cut
             row are not decided here: those at the top were decided by the band above; those at the
@@ -268,7 +215,7 @@ def fill_components(
     if not cut_bottom:
         border |= at_bottom
     # what the pixels seen so far already rule out (true of the whole region, seen or not)
-    ruled_out = border | (area > max_area) | (hi == NODATA) | ((lo != hi) & (hi >= 0))
+    ruled_out = border | (area > max_area) | (hi == IGNORE) | ((lo != hi) & (hi >= 0))
     ignored = at_top if cut_top else np.zeros(n, bool)
     pending = (at_bottom if cut_bottom else np.zeros(n, bool)) & ~ruled_out & ~ignored
     fill = ~ruled_out & ~ignored & ~pending & (hi >= 0)
@@ -369,7 +316,7 @@ def square_stage(strips, height: int, width: int, size: int = 500, stride: int =
         block = buf.buf[i - buf.y0 : i - buf.y0 + size]
         top, bot = block[0], block[-1]
         v = top[js]
-        q = (v != 0) & (v != NODATA)
+        q = (v != 0) & (v != IGNORE)
         q &= _run_right(top)[js] >= size
         q &= _run_right(bot)[js] >= size
         q &= (block[:, js] == v).all(axis=0)
@@ -429,8 +376,6 @@ def fill_map(
     per pass is a band of rows (plus OpenCV's ``int32`` component labels of the band for ``morph``).
     ``output`` may be ``map_path`` itself: it is replaced only when complete.
     """
-    from tqdm import tqdm
-
     if method not in FILL_METHODS:
         raise ValueError(f"unknown method {method!r}; valid: {', '.join(FILL_METHODS)}")
     info = check_map(map_path)
@@ -443,8 +388,8 @@ def fill_map(
 
     def work() -> Iterator[tuple[int, np.ndarray]]:
         for y, (m, rgba) in iter_zip([map_path, source_path], strip_rows(width * 5)):
-            _check_values(m, num_classes, map_path)
-            yield y, np.where(valid_mask(rgba[..., 3]), m, NODATA).astype(np.uint8)
+            check_map_values(m, num_classes, map_path)
+            yield y, np.where(valid_mask(rgba[..., 3]), m, IGNORE).astype(np.uint8)
 
     strips: Iterable = work()
     if method == "morph":
@@ -455,10 +400,10 @@ def fill_map(
     else:
         for size in sizes:
             strips = square_stage(strips, height, width, size, stride)
-    with PngStripWriter(output, width, height) as writer, tqdm(
+    with open_writer(output, width, height, like=src) as writer, progress_bar(
         total=height, desc=Path(output).name, unit="row", disable=not progress, leave=False
     ) as bar:
         for _, rows in strips:
-            writer.write(np.where(rows == NODATA, 0, rows).astype(np.uint8))
+            writer.write(np.where(rows == IGNORE, 0, rows).astype(np.uint8))
             bar.update(len(rows))
     return Path(output)

@@ -6,9 +6,9 @@ import os
 
 import numpy as np
 
-from .imageio import InputError, check_image, check_label, valid_mask
+from .cli import InputError, progress as progress_bar
+from .raster import check_image, check_label, check_map, iter_zip, strip_rows, valid_mask
 from .metrics import ConfusionMatrix
-from .postprocess import check_map, iter_zip, strip_rows
 
 
 def score_map(
@@ -28,8 +28,6 @@ def score_map(
     Streams the three files in strips (memory: one strip of each). Raises :class:`InputError` naming the
     file for a missing/corrupt file, different sizes or values out of range.
     """
-    from tqdm import tqdm
-
     paths = [pred, label]
     if source is not None:
         src = check_image(source)
@@ -40,7 +38,7 @@ def score_map(
     lab = check_label(label, ref)
     check_map(pred, lab)
     cm = ConfusionMatrix(num_classes)
-    with tqdm(total=lab.height, desc="score", unit="row", disable=not progress, leave=False) as bar:
+    with progress_bar(total=lab.height, desc="score", unit="row", disable=not progress, leave=False) as bar:
         for _, strips in iter_zip(paths, strip_rows(lab.width * 6)):
             p, t = strips[0], strips[1]
             valid = valid_mask(strips[2][..., 3]) if source is not None else None

@@ -4,7 +4,7 @@ Windows arrive sorted by their top row ``y`` (any ``x`` order within a row). The
 are accumulated, weighted by a window that favours each window's centre (:func:`weight_window`), into
 a band of ``tile`` rows covering the current window row. When the next window row starts at ``y``, every
 row above ``y`` is finished (no later window covers it): those rows are turned into labels (argmax),
-handed to a sink (e.g. :class:`cropmap.imageio.PngStripWriter`) and dropped.
+handed to a sink (e.g. a writer of :func:`cropmap.raster.open_writer`) and dropped.
 
 Memory: the band is ``float32 [C, tile, W]`` (``4 * C * tile * W`` bytes, 32 MiB for C=4, tile=512,
 W=4096) plus one finished strip at a time: independent of the image height, proportional to its width.

@@ -22,7 +22,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .imageio import PngStripWriter
+from .cli import progress as progress_bar
+from .raster import open_writer
 
 # Real sizes (H, W) of the competition's images.
 REAL_SIZES = {
@@ -232,15 +233,13 @@ def write_image(image_path, label_path, height: int, width: int, seed: int, prog
     Blocks are computed in this thread and compressed in a writer thread (zlib releases the GIL).
     Peak memory: a few blocks of ``BLOCK`` rows, whatever the size.
     """
-    from tqdm import tqdm
-
     holes = _holes(seed, height, width)
     q: queue.Queue = queue.Queue(maxsize=2)
     errors: list[BaseException] = []
 
     def writer():
         try:
-            with PngStripWriter(image_path, width, height, 4) as wi, PngStripWriter(label_path, width, height, 1) as wl:
+            with open_writer(image_path, width, height, 4) as wi, open_writer(label_path, width, height, 1) as wl:
                 while (item := q.get()) is not None:
                     wi.write(item[0])
                     wl.write(item[1])
@@ -254,7 +253,7 @@ def write_image(image_path, label_path, height: int, width: int, seed: int, prog
     t = threading.Thread(target=writer, daemon=True)
     t.start()
     try:
-        bar = tqdm(total=height, desc=Path(image_path).stem, unit="row", disable=not progress, leave=False)
+        bar = progress_bar(total=height, desc=Path(image_path).stem, unit="row", disable=not progress, leave=False)
         for b in range(0, height, BLOCK):
             rgba, label = _block_rgba(seed, height, width, b, holes)
             n = min(BLOCK, height - b)

@@ -19,13 +19,10 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from .imageio import IGNORE, atomic_path, check_image, check_label, iter_row_windows, valid_mask
-
-# Default folders of the contract's data layout, relative to --data_root
-TRAIN_SOURCE_DIR = "jingwei_round1_train_20190619"
-TEST_SOURCE_DIR = "jingwei_round1_test_a_20190619"
-TRAIN_DIR = "train"
-TEST_DIR = "test"
+from .cli import InputError
+from .files import atomic_path
+from .layout import tile_name
+from .raster import IGNORE, check_image, check_label, iter_row_windows, valid_mask
 
 
 def grid_positions(length: int, tile: int, stride: int) -> list[int]:
@@ -42,16 +39,6 @@ def grid_positions(length: int, tile: int, stride: int) -> list[int]:
         return [0]
     n = math.ceil((length - tile) / stride) + 1
     return [min(i * stride, length - tile) for i in range(n)]
-
-
-def tile_name(image: str, y: int, x: int) -> str:
-    """The contract's tile file name, e.g. ``image_1_1024_2560.png``."""
-    return f"{image}_{y}_{x}.png"
-
-
-def test_tile_folder(image: str) -> str:
-    """Folder (under ``data/test/``) of an image's test windows: ``image_3`` -> ``image3``."""
-    return image.replace("_", "")
 
 
 @dataclass
@@ -97,7 +84,7 @@ def iter_tiles(
 
     Streams both files once, top to bottom; memory is a few rows of tiles whatever the image size.
     Yields every grid position (also all-no-data ones: callers decide what to keep) in row-major order.
-    ``image`` names the tiles (default: the file name without ``.png``).
+    ``image`` names the tiles (default: the file name without its suffix).
     """
     info = check_image(image_path)
     if label_path is not None:
@@ -138,8 +125,6 @@ def write_tiles_csv(path: str | os.PathLike, rows: Sequence[dict], columns: Sequ
 
 def read_tiles_csv(path: str | os.PathLike) -> list[dict]:
     """Read ``tiles.csv`` into dicts; integer columns (coordinates, sizes, counts) become ``int``."""
-    from .imageio import InputError
-
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: file not found (run the tiling script first)")

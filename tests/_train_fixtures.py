@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cropmap.imageio import IGNORE, write_png
+from cropmap.raster import IGNORE, write_png
 
 # class -> RGB colour
 PALETTE = np.array([[90, 90, 90], [220, 60, 60], [60, 200, 60], [60, 80, 230]], np.int32)

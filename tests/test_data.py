@@ -11,7 +11,8 @@ import torch
 
 from _train_fixtures import make_tiles
 from cropmap import data
-from cropmap.imageio import IGNORE, InputError, write_png
+from cropmap.cli import InputError
+from cropmap.raster import IGNORE, write_png
 
 
 def coded_tile(size=64, seed=0):

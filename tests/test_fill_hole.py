@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cropmap.imageio import read_png, write_png
-from cropmap.postprocess import NODATA, fill_components, fill_map, iter_banded, square_stage
+from cropmap.raster import IGNORE, read_png, write_png
+from cropmap.postprocess import fill_components, fill_map, iter_banded, square_stage
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -99,7 +99,7 @@ def test_morph_bands_match_whole_map(band_rows):
     work = m.copy()
     nodata = rng.random(m.shape) < 0.01
     nodata[38:62, 18:52] = False
-    work[nodata] = NODATA
+    work[nodata] = IGNORE
 
     def run(rows):
         strips = ((y, work[y : y + 5].copy()) for y in range(0, len(work), 5))
@@ -122,7 +122,7 @@ def _square_reference(m, size, stride):
             win = before[i : i + size, j : j + size]
             v = win[0, 0]
             borders = np.concatenate([win[0], win[-1], win[:, 0], win[:, -1]])
-            if v in (0, NODATA) or not (borders == v).all():
+            if v in (0, IGNORE) or not (borders == v).all():
                 continue
             o = out[i : i + size, j : j + size]
             o[o == 0] = v  # first qualifying window wins: filled pixels are no longer 0
@@ -133,7 +133,7 @@ def _square_reference(m, size, stride):
 def test_square_matches_plain_rule(size, stride, h, w):
     rng = np.random.default_rng(size)
     m = _blocky(rng, h, w, size + 3, 0.03)
-    m[rng.random(m.shape) < 0.005] = NODATA
+    m[rng.random(m.shape) < 0.005] = IGNORE
     strips = ((y, m[y : y + 9].copy()) for y in range(0, h, 9))
     got = np.concatenate([s for _, s in square_stage(strips, h, w, size, stride)])
     want = _square_reference(m, size, stride)

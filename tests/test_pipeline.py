@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 import run_pipeline
-from cropmap.imageio import read_png
+from cropmap.raster import read_png
 from cropmap.metrics import iou_from_confusion
 
 SRC = "jingwei_round1_test_a_20190619"

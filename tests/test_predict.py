@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from cropmap.imageio import InputError, read_png, write_png
+from cropmap.cli import InputError
+from cropmap.raster import read_png, write_png
 from cropmap.data import IMAGENET_MEAN, IMAGENET_STD
-from cropmap.inference import predict_image, prob_paths
+from cropmap.inference import predict_image
+from cropmap.layout import prob_paths, window_folder
 from cropmap.stitch import BandStitcher, PreviewCanvas, weight_window
 from cropmap import tiling
 from cropmap.tiling import iter_tiles
@@ -39,7 +41,7 @@ def make_source(tmp_path: Path, h: int, w: int, seed: int = 0, nodata: bool = Tr
 
 def write_windows(tmp_path: Path, source: Path, tile: int, stride: int, image: str = "image_3"):
     """Cut test windows per the contract's layout; returns (rows, tile folder)."""
-    folder = tmp_path / "test" / tiling.test_tile_folder(image)
+    folder = tmp_path / "test" / window_folder(image)
     folder.mkdir(parents=True, exist_ok=True)
     h, w = read_png(source).shape[:2]
     rows = []

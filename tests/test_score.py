@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cropmap.imageio import write_png
+from cropmap.raster import write_png
 from cropmap.scoring import score_dict, score_map
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,7 +13,7 @@ import pytest
 
 import generate_test_data
 import generate_train_data
-from cropmap.imageio import IGNORE, read_png, write_png
+from cropmap.raster import IGNORE, read_png, write_png
 from cropmap.tiling import grid_positions, read_tiles_csv
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -16,7 +16,7 @@ import torch
 from _train_fixtures import make_tiles, tiny_args
 from cropmap import checkpoint as ckpt
 from cropmap import engine
-from cropmap.imageio import InputError, run_cli
+from cropmap.cli import InputError, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ["train", "train_focalloss", "train_swa", "train_multiscale", "Unet_resnet34.train"]

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cropmap.imageio import read_png, write_png
+from cropmap.raster import read_png, write_png
 from cropmap.postprocess import vote_maps, vote_strip
 
 ROOT = Path(__file__).resolve().parents[1]

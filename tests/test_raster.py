@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from cropmap import synthetic
-from cropmap.imageio import (InputError, PngStripWriter, check_label_values, iter_row_windows, iter_strips,
-                             png_info, read_png, write_png)
+from cropmap.cli import InputError
+from cropmap.raster import check_label_values, iter_row_windows, iter_strips, raster_info, read_png, write_png
+from cropmap.raster.png import StripWriter as PngStripWriter
 
 
 @pytest.mark.parametrize("channels", [1, 3, 4])
@@ -19,7 +20,7 @@ def test_strip_writer_roundtrip(tmp_path, channels):
     with PngStripWriter(p, 257, 333, channels) as w:
         for y in range(0, 333, 100):
             w.write(a[y : y + 100])
-    info = png_info(p)
+    info = raster_info(p)
     assert (info.height, info.width, info.channels) == (333, 257, channels)
     np.testing.assert_array_equal(read_png(p), a)
     # the streaming reader gives back the same rows, strip by strip
