@@ -17,16 +17,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from cropmap.cli import InputError, run_cli
+from cropmap.cli import InputError, add_map_args, run_cli
 from cropmap.layout import map_path, submit_dir, predict_source
 from cropmap.postprocess import FILL_METHODS, fill_map
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Fill enclosed holes in predicted maps", add_help=add_help)
-    p.add_argument("--data_root", default="data", help="data folder of the contract's layout (default: data)")
-    p.add_argument("--images", nargs="+", default=["image_3", "image_4"], help="images whose maps to fill when --input is not given (default: image_3 image_4)")
-    p.add_argument("--output_dir", default=None, help="folder of the maps when --input is not given (default: DATA_ROOT/submit)")
+    add_map_args(p, "whose maps to fill when --input is not given")
     p.add_argument("--input", default=None, help="one map to fill (default: OUTPUT_DIR/IMAGE_predict.png for each of --images)")
     p.add_argument("--output", default=None, help="where the filled map goes (default: replace the input once complete)")
     p.add_argument("--source", default=None, help="the source image of --input, for its no-data mask (required with --input)")
@@ -35,9 +33,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--min_area", type=int, default=0, help="morph: crop islands smaller than this many pixels take the class around them (default: 0, off)")
     p.add_argument("--sizes", type=int, nargs="+", default=[500, 400], help="square: window sides, applied in turn (default: 500 400)")
     p.add_argument("--stride", type=int, default=50, help="square: window step; must divide every size (default: 50)")
-    p.add_argument("--num_classes", type=int, default=4, help="number of classes of the maps (default: 4)")
     p.add_argument("--band_rows", type=int, default=1024, help="morph: rows per band; memory is about 12 bytes x width per band row (map, int32 component labels, masks), more while a hole taller than the band is pending (default: 1024)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
 

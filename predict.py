@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from cropmap.cli import run_cli
+from cropmap.cli import add_map_args, run_cli
 from cropmap.inference import TTA_MODES, predict_image
 from cropmap.layout import map_path, model_dir, preview_path, submit_dir, windows_dir, window_folder, tiles_csv
 from cropmap.stitch import BLEND_MODES
@@ -26,10 +26,8 @@ from cropmap.tiling import read_tiles_csv
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Predict full-size maps from the test windows", add_help=add_help)
-    p.add_argument("--data_root", default="data", help="data folder of the contract's layout (default: data)")
-    p.add_argument("--images", nargs="+", default=["image_3", "image_4"], help="images to predict (default: image_3 image_4)")
+    add_map_args(p, "to predict", num_classes=False)
     p.add_argument("--checkpoint", default=None, help="checkpoint .pth (default: the newest *_best.pth in DATA_ROOT/model)")
-    p.add_argument("--output_dir", default=None, help="where maps go (default: DATA_ROOT/submit)")
     p.add_argument(
         "--name",
         default=None,
@@ -60,7 +58,6 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )
     p.add_argument("--save_probs", action="store_true", help="also write per-class uint8 probabilities IMAGE_predict[_NAME]_prob{c}.png")
     p.add_argument("--preview_size", type=int, default=2048, help="longest side of the colour preview; 0: no preview (default: 2048)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
 

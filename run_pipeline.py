@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from cropmap.cli import InputError, run_cli
-from cropmap.metrics import CLASS_NAMES, iou_from_confusion
+from cropmap.metrics import class_names, iou_from_confusion
 from cropmap.layout import (DEFAULT_TEST_IMAGES, DEFAULT_TRAIN_IMAGES, TEST_SOURCE_DIR, TRAIN_SOURCE_DIR,
                             checkpoint_path, label_path, map_path, model_dir, submit_dir)
 
@@ -174,7 +174,7 @@ def main(args: argparse.Namespace) -> list[dict]:
 
 
 def print_table(rows: list[dict], num_classes: int) -> None:
-    names = [CLASS_NAMES[c] if c < len(CLASS_NAMES) else f"class {c}" for c in range(num_classes)]
+    names = class_names(num_classes)
     head = "| stage | mIoU | mIoU_all | " + " | ".join(names) + " |"
     print("\nScores on the test images (all test images together; IoU over valid pixels):\n")
     print(head)

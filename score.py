@@ -13,7 +13,7 @@ import argparse
 import json
 import sys
 
-from cropmap.cli import InputError, run_cli
+from cropmap.cli import InputError, add_map_args, run_cli
 from cropmap.files import atomic_path
 from cropmap.metrics import ConfusionMatrix
 from cropmap.layout import label_path, map_path, submit_dir, predict_source
@@ -26,11 +26,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--label", default=None, help="label of --pred (default with --images: SOURCE_DIR/IMAGE_label.png)")
     p.add_argument("--source", default=None, help="source image of --pred, for its no-data mask (default with --images: SOURCE_DIR/IMAGE.png; without it every pixel counts)")
     p.add_argument("--json", default=None, help="also write the scores as JSON (iou, mIoU, mIoU_all, confusion)")
-    p.add_argument("--data_root", default="data", help="data folder of the contract's layout (default: data)")
-    p.add_argument("--output_dir", default=None, help="folder of the maps when --pred is not given (default: DATA_ROOT/submit)")
-    p.add_argument("--images", nargs="+", default=["image_3", "image_4"], help="images to score when --pred is not given; their scores add up into one (default: image_3 image_4)")
-    p.add_argument("--num_classes", type=int, default=4, help="number of classes (default: 4)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_map_args(p, "to score when --pred is not given; their scores add up into one")
     return p
 
 

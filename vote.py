@@ -19,7 +19,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from cropmap.cli import InputError, run_cli
+from cropmap.cli import InputError, add_map_args, int_list, run_cli
 from cropmap.layout import is_derived, map_path, prob_paths, submit_dir
 from cropmap.postprocess import vote_maps
 
@@ -28,14 +28,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Vote per-model maps into one map", add_help=add_help)
     p.add_argument("--inputs", nargs="+", default=None, help="maps to vote, most trusted first (default: the per-model maps in OUTPUT_DIR)")
     p.add_argument("--output", default=None, help="voted map (with --inputs; default: OUTPUT_DIR/vote.png)")
-    p.add_argument("--data_root", default="data", help="data folder of the contract's layout (default: data)")
-    p.add_argument("--output_dir", default=None, help="folder of the per-model maps and the voted ones (default: DATA_ROOT/submit)")
-    p.add_argument("--images", nargs="+", default=["image_3", "image_4"], help="images to vote when --inputs is not given (default: image_3 image_4)")
+    add_map_args(p, "to vote when --inputs is not given (per-model maps in OUTPUT_DIR)")
     p.add_argument("--models", nargs="+", default=None, help="model names (predict.py --name) to vote, most trusted first (default: all found)")
-    p.add_argument("--priority", default=None, help="class order for ties, e.g. 1,3,2,0 (default: the earliest input's class wins)")
+    p.add_argument("--priority", type=int_list, default=None,
+                   help="class order for ties, e.g. 1,3,2,0 (default: the earliest input's class wins)")
     p.add_argument("--soft", action="store_true", help="sum the inputs' saved probabilities (X_prob{c}.png) instead of counting votes")
-    p.add_argument("--num_classes", type=int, default=4, help="number of classes (default: 4)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
 
@@ -49,20 +46,8 @@ def per_model_maps(folder: Path, image: str, models: list[str] | None) -> list[P
     return found
 
 
-def parse_priority(text: str | None, num_classes: int) -> list[int] | None:
-    if text is None:
-        return None
-    try:
-        order = [int(t) for t in text.replace(" ", "").split(",") if t != ""]
-    except ValueError:
-        raise InputError(f"--priority {text!r}: expected class numbers separated by commas, e.g. 1,3,2,0") from None
-    if sorted(order) != list(range(num_classes)):
-        raise InputError(f"--priority {text!r}: must list each class 0..{num_classes - 1} exactly once")
-    return order
-
-
 def main(args: argparse.Namespace) -> list[Path]:
-    priority = parse_priority(args.priority, args.num_classes)
+    priority = args.priority
     out_dir = submit_dir(args.data_root, args.output_dir)
     if args.inputs:
         jobs = [([Path(p) for p in args.inputs], Path(args.output) if args.output else out_dir / "vote.png")]

@@ -3,6 +3,7 @@
 * :class:`InputError` - a problem with the user's input; :func:`run_cli` prints it as one line and exits 2.
 * :func:`short` - the one way an exception's text is shortened into such a line.
 * :func:`int_list` - the parser of comma-separated integers (``--scales 512,448``, ``--priority 1,3,2,0``).
+* :func:`add_map_args` - the flags that predict.py, vote.py, fill_hole.py and score.py share.
 * :func:`progress` - a tqdm bar on a terminal; one line per finished step when output goes to a file or pipe.
 """
 
@@ -34,6 +35,22 @@ def int_list(text: str) -> list[int]:
         return [int(t) for t in str(text).replace(" ", "").split(",") if t]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def add_map_args(p: argparse.ArgumentParser, what: str, num_classes: bool = True) -> None:
+    """The flags of the scripts that read or write maps: data root, images, map folder, classes, progress.
+
+    ``what`` completes the help of ``--images`` (e.g. ``"to predict"``).
+    """
+    from .layout import DEFAULT_TEST_IMAGES
+
+    p.add_argument("--data_root", default="data", help="data folder of the contract's layout (default: data)")
+    p.add_argument("--images", nargs="+", default=list(DEFAULT_TEST_IMAGES),
+                   help=f"images {what} (default: {' '.join(DEFAULT_TEST_IMAGES)})")
+    p.add_argument("--output_dir", default=None, help="folder of the maps (default: DATA_ROOT/submit)")
+    if num_classes:
+        p.add_argument("--num_classes", type=int, default=4, help="number of classes of the maps (default: 4)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def run_cli(main, args) -> int:

@@ -109,17 +109,21 @@ def pad_to_multiple(image: np.ndarray, label: np.ndarray, multiple: int = 32) ->
     return image, label
 
 
-def normalize(image: np.ndarray) -> torch.Tensor:
-    """``uint8 [H, W, 3]`` RGB -> ``float32 [3, H, W]``: ``(x / 255 - IMAGENET_MEAN) / IMAGENET_STD``."""
-    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
-    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+def normalize(image: torch.Tensor) -> torch.Tensor:
+    """The one input normalisation of the models: ``uint8 [..., C >= 3, H, W]`` RGB(A) tensor ->
+    ``float32 [..., 3, H, W]`` ``(x / 255 - IMAGENET_MEAN) / IMAGENET_STD`` on the input's device
+    (channels past the third, e.g. alpha, are dropped)."""
+    x = image[..., :3, :, :].float().div_(255.0)
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device).view(3, 1, 1)
     return x.sub_(mean).div_(std)
 
 
 def to_tensors(image: np.ndarray, label: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """Normalised ``float32 [3, H, W]`` image and ``int64 [H, W]`` label."""
-    return normalize(image), torch.from_numpy(np.ascontiguousarray(label)).long()
+    """``uint8 [H, W, 3]`` RGB and ``uint8 [H, W]`` label -> normalised ``float32 [3, H, W]`` image and
+    ``int64 [H, W]`` label."""
+    chw = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+    return normalize(chw), torch.from_numpy(np.ascontiguousarray(label)).long()
 
 
 # ---- the data set -------------------------------------------------------------------------------

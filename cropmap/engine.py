@@ -45,7 +45,7 @@ from .cli import InputError, int_list, progress as progress_bar, short
 from .files import atomic_path, copy_atomic
 from .layout import checkpoint_path, model_dir, run_name
 from .raster import IGNORE
-from .metrics import CLASS_NAMES, ConfusionMatrix
+from .metrics import ConfusionMatrix, class_names
 
 
 
@@ -352,13 +352,14 @@ class Trainer:
 
     def __init__(self, args: argparse.Namespace, hooks: Iterable[Hook] = ()) -> None:
         from losses import LOSSES, build_loss
-        from models import MODELS, build_model, list_backbones
+        from models import build_model, check_backbone
 
         self.args = args
         self.hooks = list(hooks)
-        _check(args.model in MODELS, f"--model {args.model!r}: unknown; valid: {', '.join(MODELS)}")
-        valid = list_backbones(args.model)
-        _check(args.backbone in valid, f"--backbone {args.backbone!r}: unknown for {args.model}; valid: {', '.join(valid)}")
+        try:
+            check_backbone(args.model, args.backbone)
+        except ValueError as e:
+            raise InputError(f"--model {args.model} --backbone {args.backbone}: {e}") from None
         _check(args.loss in LOSSES, f"--loss {args.loss!r}: unknown; valid: {', '.join(LOSSES)}")
         _check(args.epochs >= 1, f"--epochs must be >= 1, got {args.epochs}")
         _check(args.num_classes >= 2, f"--num_classes must be >= 2, got {args.num_classes}")
@@ -540,12 +541,8 @@ class Trainer:
                             self.amp_dtype, progress=show)
         metrics = cm.compute()
         metrics["val_loss"] = loss
-        self.last_table = cm.table(self._class_names())
+        self.last_table = cm.table()
         return metrics
-
-    def _class_names(self) -> list[str]:
-        c = self.args.num_classes
-        return list(CLASS_NAMES) if c == len(CLASS_NAMES) else [f"class{i}" for i in range(c)]
 
     # ---- the loop ----
     def fit(self) -> dict:
@@ -591,7 +588,7 @@ class Trainer:
         row = {"epoch": epoch + 1, "train_loss": stats["train_loss"],
                "val_loss": metrics.get("val_loss", float("nan")),
                "lr": self.optimizer.param_groups[0]["lr"], "lr_head": self.optimizer.param_groups[1]["lr"]}
-        names = self._class_names()
+        names = class_names(self.args.num_classes)
         for k, name in enumerate(names):
             row[f"iou_{name}"] = metrics["iou"][k] if metrics else float("nan")
         row["mIoU"] = metrics.get("mIoU", float("nan"))
@@ -728,9 +725,8 @@ def evaluate_checkpoint(args: argparse.Namespace) -> dict:
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
     cm, _ = evaluate(model, loader, device, num_classes, amp_dtype=_amp_dtype(device, args.amp), progress=not args.quiet)
-    names = list(CLASS_NAMES) if num_classes == len(CLASS_NAMES) else None
     print(f"{path}: {len(val_set)} validation tiles")
-    print(cm.table(names))
+    print(cm.table())
     return cm.compute()
 
 

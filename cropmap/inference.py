@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .data import IMAGENET_MEAN, IMAGENET_STD  # the one definition of the normalisation
+from .data import normalize  # the one input normalisation
 from .cli import InputError, progress as progress_bar
 from .layout import prob_paths
 from .raster import open_writer, read_png, valid_mask, write_png
@@ -62,14 +62,6 @@ class WindowDataset(Dataset):
         if arr.shape[2] == 3:
             arr = np.concatenate([arr, np.full(arr.shape[:2] + (1,), 255, np.uint8)], axis=2)
         return i, torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))), ""
-
-
-def normalize(rgba: torch.Tensor) -> torch.Tensor:
-    """``uint8 [B, 4 or 3, H, W]`` -> ImageNet-normalised float32 ``[B, 3, H, W]`` (on ``rgba``'s device)."""
-    x = rgba[:, :3].float().div_(255)
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
-    return x.sub_(mean).div_(std)
 
 
 def _logits(model: Callable, x: torch.Tensor) -> torch.Tensor:

@@ -25,6 +25,11 @@ import torch
 from .raster import IGNORE
 
 CLASS_NAMES = ("other", "tobacco", "corn", "coix")
+
+
+def class_names(num_classes: int) -> list[str]:
+    """Names of ``num_classes`` classes: :data:`CLASS_NAMES` for the competition's 4, else ``class0, class1, ...``."""
+    return list(CLASS_NAMES) if num_classes == len(CLASS_NAMES) else [f"class{i}" for i in range(num_classes)]
 #: Maximum number of pixels processed at once by :meth:`ConfusionMatrix.update`.
 CHUNK = 1 << 22
 
@@ -190,17 +195,17 @@ class ConfusionMatrix:
             "confusion": confusion.tolist(),
         }
 
-    def table(self, class_names: list[str] | tuple[str, ...] | None = None) -> str:
+    def table(self, names: list[str] | tuple[str, ...] | None = None) -> str:
         """Per-class IoU table with pixel counts, then the ``mIoU`` and ``mIoU_all`` lines.
 
-        ``class_names`` defaults to :data:`CLASS_NAMES` for 4 classes, ``class <i>`` otherwise.
+        ``names`` defaults to :func:`class_names`.
         Undefined IoUs print as ``n/a``.
         """
         c = self.num_classes
-        if class_names is None:
-            class_names = CLASS_NAMES if c == len(CLASS_NAMES) else [f"class {i}" for i in range(c)]
-        if len(class_names) != c:
-            raise ValueError(f"need {c} class names, got {len(class_names)}")
+        if names is None:
+            names = class_names(c)
+        if len(names) != c:
+            raise ValueError(f"need {c} class names, got {len(names)}")
         result = self.compute()
         confusion = np.asarray(result["confusion"])
 
@@ -208,9 +213,9 @@ class ConfusionMatrix:
             return "n/a" if math.isnan(value) else f"{value:.4f}"
 
         summary = (f"mIoU (1..{c - 1})", f"mIoU_all (0..{c - 1})")
-        width = max(len(label) for label in (*summary, *(f"{i} {n}" for i, n in enumerate(class_names))))
+        width = max(len(label) for label in (*summary, *(f"{i} {n}" for i, n in enumerate(names))))
         lines = [f"{'class':<{width}} {'IoU':>8} {'label px':>14} {'pred px':>14}"]
-        for i, name in enumerate(class_names):
+        for i, name in enumerate(names):
             lines.append(
                 f"{f'{i} {name}':<{width}} {fmt(result['iou'][i]):>8} {int(confusion[i].sum()):>14} {int(confusion[:, i].sum()):>14}"
             )

@@ -12,14 +12,10 @@ import os
 
 from torch import nn
 
-from .backbones import RESNETS, dilate_resnet_, make_resnet
-from .deeplab import DEEPLAB_BACKBONES, OUTPUT_STRIDES, build_deeplabv3
-from .unet import UNET_BACKBONES, SCSE, DecoderBlock, UNetResNet, Unet34_scSE_hyper, build_unet
-
-#: Valid backbones for each model name.
-BACKBONES: dict[str, tuple[str, ...]] = {"deeplabv3": DEEPLAB_BACKBONES, "unet": UNET_BACKBONES}
-#: Valid model names.
-MODELS: tuple[str, ...] = tuple(BACKBONES)
+from .backbones import dilate_resnet_, make_resnet
+from .deeplab import OUTPUT_STRIDES, build_deeplabv3
+from .registry import BACKBONES, MODELS, RESNETS, check_backbone, list_backbones
+from .unet import SCSE, DecoderBlock, UNetResNet, Unet34_scSE_hyper, build_unet
 
 __all__ = [
     "BACKBONES",
@@ -33,17 +29,11 @@ __all__ = [
     "build_deeplabv3",
     "build_model",
     "build_unet",
+    "check_backbone",
     "dilate_resnet_",
     "list_backbones",
     "make_resnet",
 ]
-
-
-def list_backbones(model: str) -> tuple[str, ...]:
-    """Valid backbone names for ``model`` (ValueError listing the models if unknown)."""
-    if model not in BACKBONES:
-        raise ValueError(f"unknown model {model!r}; valid: {', '.join(MODELS)}")
-    return BACKBONES[model]
 
 
 def build_model(
@@ -77,9 +67,7 @@ def build_model(
             values), or a pretrained file whose keys or shapes do not match.
         FileNotFoundError: ``pretrained`` path does not exist.
     """
-    backbones = list_backbones(model)
-    if backbone not in backbones:
-        raise ValueError(f"unknown backbone {backbone!r} for {model}; valid: {', '.join(backbones)}")
+    check_backbone(model, backbone)
     if output_stride not in OUTPUT_STRIDES:
         raise ValueError(f"unsupported output_stride {output_stride!r}; valid: {OUTPUT_STRIDES}")
     if num_classes < 1:

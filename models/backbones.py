@@ -17,8 +17,7 @@ import torch
 import torchvision
 from torch import nn
 
-#: torchvision ResNet constructors by backbone name.
-RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101")
+from .registry import RESNETS
 
 #: Number of output channels of (layer1, layer2, layer3, layer4) for each ResNet.
 RESNET_CHANNELS = {
@@ -139,8 +138,8 @@ def make_resnet(
         ValueError: unknown backbone, or a checkpoint whose keys/shapes do not match.
         FileNotFoundError: ``pretrained`` is neither ``None``, ``"imagenet"`` nor an existing file.
     """
-    if backbone not in RESNETS:
-        raise ValueError(f"unknown backbone {backbone!r}; valid: {', '.join(RESNETS)}")
+    if backbone not in RESNETS:  # a programming error: model builders check names (registry.check_backbone)
+        raise KeyError(backbone)
     resnet = getattr(torchvision.models, backbone)(weights=None)
     if pretrained is not None:
         if str(pretrained) == "imagenet":

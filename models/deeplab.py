@@ -33,8 +33,8 @@ from torchvision.models.segmentation.deeplabv3 import DeepLabHead, DeepLabV3
 from torchvision.models.segmentation.fcn import FCNHead
 
 from .backbones import RESNET_CHANNELS, make_resnet
+from .registry import check_backbone
 
-DEEPLAB_BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
 OUTPUT_STRIDES = (8, 16)
 _DILATION = {16: (False, False, True), 8: (False, True, True)}
 _ASPP_RATES = {16: (6, 12, 18), 8: (12, 24, 36)}
@@ -50,7 +50,7 @@ def build_deeplabv3(
     """Build torchvision's DeepLabV3 on a dilated ResNet.
 
     Args:
-        backbone: one of ``DEEPLAB_BACKBONES``.
+        backbone: one of ``BACKBONES["deeplabv3"]``.
         num_classes: number of output channels (classes).
         pretrained: ``None``, ``"imagenet"`` or a local torchvision ResNet state_dict path;
             only the backbone is initialised from it (heads stay random).
@@ -64,8 +64,7 @@ def build_deeplabv3(
         when ``aux=True``; both are raw logits bilinearly upsampled to the input size.
         The encoder is reachable as ``model.backbone`` (an ``IntermediateLayerGetter``).
     """
-    if backbone not in DEEPLAB_BACKBONES:
-        raise ValueError(f"unknown backbone {backbone!r} for deeplabv3; valid: {', '.join(DEEPLAB_BACKBONES)}")
+    check_backbone("deeplabv3", backbone)
     if output_stride not in OUTPUT_STRIDES:
         raise ValueError(f"unsupported output_stride {output_stride!r}; valid: {OUTPUT_STRIDES}")
     resnet = make_resnet(backbone, pretrained, _DILATION[output_stride])

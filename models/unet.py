@@ -29,8 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backbones import RESNET_CHANNELS, make_resnet
-
-UNET_BACKBONES = ("resnet34", "resnet50")
+from .registry import check_backbone
 
 
 class ConvBnRelu(nn.Sequential):
@@ -113,8 +112,7 @@ class UNetResNet(nn.Module):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        if backbone not in UNET_BACKBONES:
-            raise ValueError(f"unknown backbone {backbone!r} for unet; valid: {', '.join(UNET_BACKBONES)}")
+        check_backbone("unet", backbone)
         resnet = make_resnet(backbone, pretrained)
         c1, c2, c3, c4 = RESNET_CHANNELS[backbone]
         self.backbone = nn.ModuleDict(

@@ -89,11 +89,16 @@ def test_normalize_values():
     image = np.zeros((2, 3, 3), np.uint8)
     image[0, 0] = 255
     image[1, 2] = np.rint(mean * 255).astype(np.uint8)
-    x = data.normalize(image)
+    x, _ = data.to_tensors(image, np.zeros((2, 3), np.uint8))
     assert x.dtype == torch.float32 and x.shape == (3, 2, 3)
     assert torch.allclose(x[:, 0, 0], torch.tensor((1 - mean) / std, dtype=torch.float32))
     assert torch.allclose(x[:, 0, 1], torch.tensor(-mean / std, dtype=torch.float32))
     assert torch.allclose(x[:, 1, 2], torch.zeros(3), atol=0.02)
+    # a batch of RGBA windows (prediction) is normalised the same way; alpha is dropped
+    rgba = np.concatenate([image, np.full((2, 3, 1), 7, np.uint8)], axis=2)
+    batch = torch.from_numpy(np.stack([rgba, rgba])).permute(0, 3, 1, 2)
+    xb = data.normalize(batch)
+    assert xb.shape == (2, 3, 2, 3) and torch.equal(xb[1], x)
 
 
 def test_dataset_train_and_val(tmp_path):

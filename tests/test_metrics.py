@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import cropmap.metrics as metrics
-from cropmap.metrics import CLASS_NAMES, ConfusionMatrix, iou_from_confusion
+from cropmap.metrics import CLASS_NAMES, ConfusionMatrix, class_names, iou_from_confusion
 
 # 10 pixels; the last has label 255 (ignored) and a prediction that must not be counted.
 LABELS = np.array([0, 0, 0, 1, 1, 2, 2, 2, 3, 255])
@@ -177,4 +177,4 @@ def test_table_lists_classes_and_means():
     assert "3 coix" in lines[4] and "n/a" in lines[4]
     assert lines[-2].startswith("mIoU (1..3)") and f"{(1 / 3 + 0.5) / 2:.4f}" in lines[-2]
     assert lines[-1].startswith("mIoU_all (0..3)") and f"{(0.5 + 1 / 3 + 0.5) / 3:.4f}" in lines[-1]
-    assert "class 0" in ConfusionMatrix(3).table()
+    assert "0 class0" in ConfusionMatrix(3).table() and class_names(3) == ["class0", "class1", "class2"]

@@ -190,7 +190,7 @@ def test_user_errors_are_one_line(tmp_path, tiles, capsys):
     cases = [
         (tiny_args(tmp_path / "empty", "--epochs", "1"), "tiles.csv: file not found"),
         (tiny_args(tiles, "--crop_size", "40"), "crop size 40 must be a positive multiple of 32"),
-        (tiny_args(tiles, "--backbone", "resnet9"), "--backbone 'resnet9': unknown for deeplabv3"),
+        (tiny_args(tiles, "--backbone", "resnet9"), "unknown backbone 'resnet9' for deeplabv3"),
         (tiny_args(tiles, "--resume", str(tmp_path / "none.pth")), "none.pth: checkpoint not found"),
         (tiny_args(tiles, "--sync_bn"), "--sync_bn needs CUDA"),
         (["--data_root", str(tmp_path), "--checkpoint", str(tmp_path / "x.pth")], "x.pth: checkpoint not found"),
