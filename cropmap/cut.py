@@ -19,6 +19,10 @@ from .raster import RasterInfo, check_image, check_label, check_label_values, wr
 from .tiling import Tile, class_columns, grid_positions, iter_tiles
 
 
+#: Tiles queued per encoding thread: enough to keep the threads busy, few enough to bound memory.
+TILES_PER_WORKER = 4
+
+
 @dataclass
 class Source:
     """One source image (and its label, for training) to be cut into tiles."""
@@ -139,7 +143,7 @@ def cut_source(
         try:
             for t in iter_tiles(src.image, tile, stride, src.label, image=src.name):
                 pending.append(pool.submit(save, t))
-                while len(pending) > 4 * max(1, workers):  # bound the tiles held in memory
+                while len(pending) > TILES_PER_WORKER * max(1, workers):  # bound the tiles held in memory
                     _collect(pending.pop(0), rows, bar)
             for f in pending:
                 _collect(f, rows, bar)
@@ -174,9 +178,10 @@ def assign_split(rows: list[dict], val_fraction: float, seed: int, block: int | 
         ys = np.array([r["y"] for r in sel])
         xs = np.array([r["x"] for r in sel])
         size = np.array([r["size"] for r in sel])
-        def blocks(side: int):
-            keys = ((ys + size // 2) // side) * 1_000_003 + (xs + size // 2) // side
-            return np.unique(keys, return_inverse=True, return_counts=True)
+
+        def blocks(side: int):  # the block of each tile's centre, numbered row-major
+            by, bx = (ys + size // 2) // side, (xs + size // 2) // side
+            return np.unique(by * (int(bx.max()) + 1) + bx, return_inverse=True, return_counts=True)
 
         tile = int(size.max())
         side = block or 4 * tile

@@ -4,10 +4,12 @@ Arrays: images ``uint8 [H, W, 3]`` RGB, labels ``uint8 [H, W]`` (``0..C-1``, 255
 :func:`to_tensors` turns them into a normalised ``float32 [3, H, W]`` image and an ``int64 [H, W]``
 label.
 
-Randomness never comes from a global generator: the batch sampler draws one integer seed per sample
-from its own generator (seeded by ``seed`` and the epoch), and the sample's augmentations use a
-``numpy.random.Generator`` made from that seed. So an epoch is a function of ``(seed, epoch)`` alone,
-whatever the number of loader workers or processes; that is what makes ``--resume`` exact.
+In training, randomness never comes from a global generator: the batch sampler draws one integer seed
+per sample from its own generator (seeded by ``seed`` and the epoch), and the sample's augmentations use
+a ``numpy.random.Generator`` made from that seed. So an epoch is a function of ``(seed, epoch)`` alone,
+whatever the number of loader workers or processes; that is what makes ``--resume`` exact. (Only a
+data set indexed by a plain integer, outside the training loop, draws its seed from torch's global
+generator.)
 
 The training augmentation (as the original, plus rotations by 90 degrees):
 random scale in ``[0.5, 2]`` and random crop in one affine warp (image bilinear, label nearest; padding
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import math
 import os
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import cv2
@@ -35,6 +37,12 @@ from .tiling import read_tiles_csv
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 SPLITS = ("train", "val", "gap")
+#: Per-sample augmentation seeds are drawn in ``[0, SEED_BOUND)``: non-negative int64 values, which
+#: ``numpy.random.default_rng`` accepts.
+SEED_BOUND = 2**62
+#: A prime larger than any epoch count: ``seed * EPOCH_STRIDE + epoch`` gives every (seed, epoch) pair
+#: its own generator seed.
+EPOCH_STRIDE = 1_000_003
 
 
 # ---- per-sample transforms (numpy) -------------------------------------------------------------
@@ -209,15 +217,18 @@ class TileDataset(Dataset):
             )
         return image[..., :3], label
 
-    def __getitem__(self, key) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, key) -> "tuple[torch.Tensor, torch.Tensor] | LoadError":
         if isinstance(key, (tuple, list)):
             index, crop, seed = key
         else:
             index, crop, seed = key, self.crop_size, None
-        image, label = self.load(int(index))
+        try:
+            image, label = self.load(int(index))
+        except InputError as e:
+            return LoadError(str(e))
         if self.augment:
             if seed is None:  # plain indexing: draw from torch's generator (seeded per worker)
-                seed = int(torch.randint(0, 2**62, ()).item())
+                seed = int(torch.randint(0, SEED_BOUND, ()).item())
             rng = np.random.default_rng(seed)
             image, label = random_scale_crop(image, label, int(crop), rng, self.scale_range)
             image, label = random_flip_rot90(image, label, rng)
@@ -298,12 +309,12 @@ class MultiScaleBatchSampler(Sampler[list]):
         self.epoch = int(epoch)
 
     def _batches(self) -> list[list[tuple[int, int, int]]]:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        g = torch.Generator().manual_seed(self.seed * EPOCH_STRIDE + self.epoch)
         if self.weights is None:
             order = torch.randperm(self.num_samples, generator=g)
         else:
             order = torch.multinomial(self.weights, self.num_samples, replacement=True, generator=g)
-        seeds = torch.randint(0, 2**62, (self.num_samples,), generator=g)
+        seeds = torch.randint(0, SEED_BOUND, (self.num_samples,), generator=g)
         per_rank = math.ceil(self.num_samples / self.world_size)
         pad = per_rank * self.world_size - self.num_samples
         if pad:
@@ -332,12 +343,32 @@ class MultiScaleBatchSampler(Sampler[list]):
             start, count, i = start + bs, count + 1, i + 1
 
 
+def checked(loader):
+    """Iterate a loader of :func:`collate` batches, raising :class:`InputError` for a :class:`LoadError`."""
+    for batch in loader:
+        if isinstance(batch, LoadError):
+            raise InputError(batch.message)
+        yield batch
+
+
 def shard_indices(n: int, rank: int = 0, world_size: int = 1) -> list[int]:
     """This process's share of ``range(n)`` for evaluation: ``range(rank, n, world_size)`` (no padding)."""
     return list(range(rank, n, world_size))
 
 
-def collate(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack samples into ``(float32 [B, 3, H, W], int64 [B, H, W])``."""
+@dataclass(frozen=True)
+class LoadError:
+    """A tile that could not be read, carried through the loader as data: loader workers never raise
+    user errors (PyTorch would wrap them in a worker traceback); :func:`checked` raises it in the main
+    process as the one-line :class:`InputError` it is."""
+
+    message: str
+
+
+def collate(batch: list) -> "tuple[torch.Tensor, torch.Tensor] | LoadError":
+    """Stack samples into ``(float32 [B, 3, H, W], int64 [B, H, W])``; the first :class:`LoadError` if any."""
+    for item in batch:
+        if isinstance(item, LoadError):
+            return item
     images, labels = zip(*batch)
     return torch.stack(images), torch.stack(labels)

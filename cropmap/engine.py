@@ -40,7 +40,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from . import checkpoint as ckpt
-from .data import MultiScaleBatchSampler, TileDataset, collate, oversample_weights, shard_indices
+from .data import MultiScaleBatchSampler, TileDataset, checked, collate, oversample_weights, shard_indices
 from .cli import InputError, int_list, progress as progress_bar, short
 from .files import atomic_path, copy_atomic
 from .layout import checkpoint_path, model_dir, run_name
@@ -105,6 +105,14 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                    help="rare-class oversampling power p: a class of pixel share f weighs f**-p (0: off, 1: balanced; default: 0)")
     g.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
                    help="data loading processes (default: min(4, CPU count))")
+
+    g = p.add_argument_group("stochastic weight averaging (on in train_swa.py)")
+    g.add_argument("--swa", action="store_true",
+                   help="average the weights of the last epochs (torch.optim.swa_utils) and save the average")
+    g.add_argument("--swa_start", type=int, default=None,
+                   help="first epoch (1-based) whose weights are averaged (default: 3/4 of --epochs, rounded up)")
+    g.add_argument("--swa_lr", type=float, default=None, help="learning rate of the SWA phase (default: --base_lr / 10)")
+    g.add_argument("--swa_anneal_epochs", type=int, default=2, help="epochs of cosine annealing to --swa_lr (default: 2)")
 
     g = p.add_argument_group("hardware")
     g.add_argument("--device", default=None,
@@ -295,7 +303,7 @@ def evaluate(
     sums = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, images
     if progress:
         loader = progress_bar(loader, desc="val", leave=False)
-    for images, labels in _clean_errors(loader):
+    for images, labels in checked(loader):
         images = images.to(device, non_blocking=True)
         if device.type == "cuda":
             images = images.contiguous(memory_format=torch.channels_last)
@@ -312,26 +320,6 @@ def evaluate(
         dist.all_reduce(sums)
     loss = float(sums[0] / sums[1]) if criterion is not None and sums[1] > 0 else float("nan")
     return cm, loss
-
-
-def _clean_errors(loader: Iterable) -> Iterator:
-    """Iterate ``loader``; an :class:`InputError` raised in a loader worker comes out as its one line."""
-    it = iter(loader)
-    while True:
-        try:
-            item = next(it)
-        except StopIteration:
-            return
-        except InputError as e:
-            text = str(e)
-            if "Original Traceback" in text:
-                lines = [ln for ln in text.strip().splitlines() if ln.strip()]
-                last = lines[-1]
-                marker = "InputError: "
-                text = last.split(marker, 1)[1] if marker in last else last
-                raise InputError(text) from None
-            raise
-        yield item
 
 
 # ---- the trainer --------------------------------------------------------------------------------
@@ -488,7 +476,7 @@ class Trainer:
         if self.is_main and not self.args.quiet:
             # transient: the epoch's line below says what it did
             bar = progress_bar(total=self.iters_per_epoch, desc=f"epoch {epoch + 1}/{self.args.epochs}", leave=False)
-        for i, (images, labels) in enumerate(_clean_errors(self.train_loader)):
+        for i, (images, labels) in enumerate(checked(self.train_loader)):
             if i >= self.iters_per_epoch:
                 break
             loss = self.train_step(images, labels)
@@ -517,7 +505,7 @@ class Trainer:
     def train_images(self, epoch: int, limit: int) -> Iterator[torch.Tensor]:
         """Up to ``limit`` augmented training batches of ``epoch`` as images on the device (for ``update_bn``)."""
         self.sampler.set_epoch(epoch)
-        for i, (images, _) in enumerate(_clean_errors(self.train_loader)):
+        for i, (images, _) in enumerate(checked(self.train_loader)):
             if i >= limit:
                 break
             images = images.to(self.device, non_blocking=True)
@@ -730,11 +718,26 @@ def evaluate_checkpoint(args: argparse.Namespace) -> dict:
     return cm.compute()
 
 
+def swa_hook(args: argparse.Namespace) -> SWAHook:
+    """The :class:`SWAHook` of ``--swa``, its defaults resolved into ``args`` (so checkpoints record them)."""
+    if args.swa_start is None:
+        args.swa_start = -(-3 * args.epochs // 4)
+    if args.swa_lr is None:
+        args.swa_lr = args.base_lr / 10
+    if not 1 <= args.swa_start <= args.epochs:
+        raise InputError(f"--swa_start {args.swa_start} must be between 1 and --epochs {args.epochs}")
+    return SWAHook(args.swa_start - 1, args.swa_lr, args.swa_anneal_epochs)
+
+
 def main(args: argparse.Namespace, hooks: Iterable[Hook] | None = None) -> dict:
-    """``--train``: train with ``hooks`` and return the last epoch's log row; otherwise evaluate a checkpoint."""
+    """``--train``: train with ``hooks`` (and SWA last, with ``--swa``) and return the last epoch's log row;
+    otherwise evaluate a checkpoint."""
     if not args.train:
         return evaluate_checkpoint(args)
-    trainer = Trainer(args, hooks or [])
+    hooks = list(hooks or [])
+    if args.swa:
+        hooks.append(swa_hook(args))
+    trainer = Trainer(args, hooks)
     try:
         row = trainer.fit()
     except BaseException:

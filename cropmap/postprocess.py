@@ -103,7 +103,7 @@ def vote_maps(
     if priority is not None and sorted(priority) != list(range(num_classes)):
         raise InputError(f"--priority must list each class 0..{num_classes - 1} once, got {list(priority)}")
     n = len(inputs)
-    rows = strip_rows(first.width * (1 + num_classes * (prob_inputs is not None)) * n)
+    rows = strip_rows(first.width, bytes_per_pixel=n * (1 + num_classes * (prob_inputs is not None)))  # maps (+ probs)
     with open_writer(output, first.width, first.height, like=first) as writer, progress_bar(
         total=first.height, desc=Path(output).name, unit="row", disable=not progress, leave=False
     ) as bar:
@@ -387,7 +387,7 @@ def fill_map(
     height, width = info.shape
 
     def work() -> Iterator[tuple[int, np.ndarray]]:
-        for y, (m, rgba) in iter_zip([map_path, source_path], strip_rows(width * 5)):
+        for y, (m, rgba) in iter_zip([map_path, source_path], strip_rows(width, bytes_per_pixel=1 + 4)  # map, RGBA source):
             check_map_values(m, num_classes, map_path)
             yield y, np.where(valid_mask(rgba[..., 3]), m, IGNORE).astype(np.uint8)
 

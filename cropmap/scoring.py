@@ -39,7 +39,7 @@ def score_map(
     check_map(pred, lab)
     cm = ConfusionMatrix(num_classes)
     with progress_bar(total=lab.height, desc="score", unit="row", disable=not progress, leave=False) as bar:
-        for _, strips in iter_zip(paths, strip_rows(lab.width * 6)):
+        for _, strips in iter_zip(paths, strip_rows(lab.width, bytes_per_pixel=1 + 1 + 4)  # map, label, RGBA source):
             p, t = strips[0], strips[1]
             valid = valid_mask(strips[2][..., 3]) if source is not None else None
             try:

@@ -135,11 +135,17 @@ def test_dataset_errors(tmp_path):
     # a label value outside 0..3 (and not 255) names the file
     write_png(tmp_path / "train" / "label" / name, np.full((32, 32), 7, np.uint8))
     with pytest.raises(InputError, match=f"{name}: label value 7 outside 0..3"):
-        data.TileDataset(tmp_path, "train")[0]
+        data.TileDataset(tmp_path, "train").load(0)
+    # through a loader (workers included) the error travels as data and comes out as that one line
+    ds = data.TileDataset(tmp_path, "train")
+    assert ds[0] == data.LoadError(ds[0].message) and "label value 7" in ds[0].message
+    loader = torch.utils.data.DataLoader(ds, batch_size=2, num_workers=1, collate_fn=data.collate)
+    with pytest.raises(InputError, match=f"^{tmp_path}.*{name}: label value 7 outside 0..3"):
+        list(data.checked(loader))
     # label size different from its image
     write_png(tmp_path / "train" / "label" / name, np.zeros((16, 32), np.uint8))
     with pytest.raises(InputError, match="differs from its image"):
-        data.TileDataset(tmp_path, "train")[0]
+        data.TileDataset(tmp_path, "train").load(0)
     (tmp_path / "train" / "data" / name).unlink()
     with pytest.raises(InputError, match=f"{name}: file not found"):
         data.TileDataset(tmp_path, "train")

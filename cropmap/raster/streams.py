@@ -9,8 +9,8 @@ import numpy as np
 
 from .formats import open_reader, raster_info
 
-#: Pixels per strip when several maps are read in step (8 Mpixel: a few tens of MB per file).
-STRIP_PIXELS = 1 << 23
+#: Bytes per strip (all files together) when several rasters are read in step: 8 MiB.
+STRIP_BYTES = 8 << 20
 
 
 def iter_strips(path: str | os.PathLike, strip_height: int, rgba: bool = False) -> Iterator[tuple[int, np.ndarray]]:
@@ -66,9 +66,10 @@ def iter_row_windows(
         yield y, win
 
 
-def strip_rows(width: int, pixels: int = STRIP_PIXELS) -> int:
-    """Rows per strip so that one strip holds about ``pixels`` pixels (at least 16 rows)."""
-    return max(16, pixels // max(width, 1))
+def strip_rows(width: int, bytes_per_pixel: int = 1, budget: int = STRIP_BYTES) -> int:
+    """Rows per strip so that one strip of every file read in step (``bytes_per_pixel`` summed over the
+    files: 1 per map or label, 4 per RGBA source) holds about ``budget`` bytes; at least 16 rows."""
+    return max(16, budget // max(width * bytes_per_pixel, 1))
 
 
 def iter_zip(paths: Sequence[str | os.PathLike], rows: int) -> Iterator[tuple[int, list[np.ndarray]]]:
