@@ -48,9 +48,9 @@ def main(args: argparse.Namespace) -> list[Path]:
         out_dir = submit_dir(args.data_root, args.output_dir)
         jobs = [(map_path(out_dir, im), predict_source(args.data_root, im), map_path(out_dir, im)) for im in args.images]
     done = []
-    for map_path, source, output in jobs:
+    for map_file, source, output in jobs:
         fill_map(
-            map_path,
+            map_file,
             source,
             output,
             method=args.method,
@@ -62,7 +62,7 @@ def main(args: argparse.Namespace) -> list[Path]:
             band_rows=args.band_rows,
             progress=not args.quiet,
         )
-        print(f"{map_path} -> {output} ({args.method})")
+        print(f"{map_file} -> {output} ({args.method})")
         done.append(output)
     return done
 

@@ -1,14 +1,20 @@
-"""Checkpoints: names, atomic saving, random states, and rebuilding a model from a file.
+"""Checkpoints: their layout (built and read back here only), atomic saving, random states, and
+rebuilding a model from a file.
 
-A checkpoint is a dict loadable with ``torch.load(path, weights_only=True)``::
+A checkpoint is a dict loadable with ``torch.load(path, weights_only=True)`` (:func:`training_state`)::
 
-    model      state_dict of the weights to predict with (SWA: the averaged model)
-    args       the run's flags as a plain dict (str/int/float/bool/None/list)
-    epoch      number of epochs completed (1-based)
-    optimizer  optimizer state_dict
-    metrics    validation metrics of that epoch ({} when not validated)
-    ...        resume state: scheduler, rng, hooks (e.g. SWA), scaler, history, best_miou,
-               train_model (the optimised weights when they differ from ``model``)
+    model        state_dict of the weights to predict with (SWA: the averaged model)
+    args         the run's flags as a plain dict (str/int/float/bool/None/list)
+    epoch        number of epochs completed (1-based)
+    optimizer    optimizer state_dict
+    metrics      validation metrics of that epoch ({} when not validated)
+    scheduler    learning-rate schedule state_dict
+    scaler       AMP gradient scaler state_dict
+    hooks        {hook name: hook state} (e.g. SWA's averaged model)
+    rng          random generator states (:func:`get_rng_state`)
+    best_miou    best validation mIoU so far
+    history      the run's log rows so far
+    train_model  the optimised weights, when they differ from ``model`` (SWA)
 
 Files: ``{data_root}/model/{model}_{backbone}_{exp}_epoch{N}.pth``, ``..._last.pth``, ``..._best.pth``
 (:func:`cropmap.layout.checkpoint_path`).
@@ -42,6 +48,48 @@ def plain_args(args) -> dict:
         return str(v)
 
     return {str(k): plain(v) for k, v in items}
+
+
+#: Entries a checkpoint needs to resume training, beside ``model`` and ``args``.
+RESUME_KEYS = ("optimizer", "scheduler", "epoch", "rng")
+#: Flags that fix the model's shape: a resumed run must have the checkpoint's.
+MODEL_FLAGS = ("model", "backbone", "num_classes", "output_stride")
+
+
+def training_state(*, model: nn.Module, args, epoch: int, optimizer, metrics: dict, scheduler, scaler,
+                   hooks: dict, best_miou: float, history: list[dict], train_model: nn.Module | None = None) -> dict:
+    """The checkpoint after ``epoch`` (1-based) epochs: the layout of the module docstring."""
+    state = {
+        "model": model.state_dict(),
+        "args": plain_args(args),
+        "epoch": int(epoch),
+        "optimizer": optimizer.state_dict(),
+        "metrics": metrics,
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict(),
+        "hooks": hooks,
+        "rng": get_rng_state(),
+        "best_miou": best_miou,
+        "history": list(history),
+    }
+    if train_model is not None and train_model is not model:
+        state["train_model"] = train_model.state_dict()
+    return state
+
+
+def load_for_resume(path: str | os.PathLike, args) -> dict:
+    """A checkpoint to resume ``args``' run from, loaded on the CPU (every entry, RNG states included;
+    ``load_state_dict`` moves weights and optimizer state to their device). :class:`InputError` when it
+    is not resumable or its model flags differ from ``args``."""
+    state = load_checkpoint(path, map_location="cpu")
+    saved = state["args"]
+    for key in MODEL_FLAGS:
+        if key in saved and saved[key] != getattr(args, key):
+            raise InputError(f"{path}: checkpoint has --{key} {saved[key]}, this run {getattr(args, key)}")
+    for key in RESUME_KEYS:
+        if key not in state:
+            raise InputError(f"{path}: no '{key}' entry, cannot resume from it")
+    return state
 
 
 def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:

@@ -387,7 +387,8 @@ def fill_map(
     height, width = info.shape
 
     def work() -> Iterator[tuple[int, np.ndarray]]:
-        for y, (m, rgba) in iter_zip([map_path, source_path], strip_rows(width, bytes_per_pixel=1 + 4)  # map, RGBA source):
+        rows = strip_rows(width, bytes_per_pixel=1 + 4)  # map, RGBA source
+        for y, (m, rgba) in iter_zip([map_path, source_path], rows):
             check_map_values(m, num_classes, map_path)
             yield y, np.where(valid_mask(rgba[..., 3]), m, IGNORE).astype(np.uint8)
 

@@ -39,7 +39,8 @@ def score_map(
     check_map(pred, lab)
     cm = ConfusionMatrix(num_classes)
     with progress_bar(total=lab.height, desc="score", unit="row", disable=not progress, leave=False) as bar:
-        for _, strips in iter_zip(paths, strip_rows(lab.width, bytes_per_pixel=1 + 1 + 4)  # map, label, RGBA source):
+        rows = strip_rows(lab.width, bytes_per_pixel=1 + 1 + 4)  # map, label, RGBA source
+        for _, strips in iter_zip(paths, rows):
             p, t = strips[0], strips[1]
             valid = valid_mask(strips[2][..., 3]) if source is not None else None
             try:

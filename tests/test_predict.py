@@ -13,7 +13,6 @@ from cropmap.data import IMAGENET_MEAN, IMAGENET_STD
 from cropmap.inference import predict_image
 from cropmap.layout import prob_paths, window_folder
 from cropmap.stitch import BandStitcher, PreviewCanvas, weight_window
-from cropmap import tiling
 from cropmap.tiling import iter_tiles
 
 NUM_CLASSES = 4

@@ -66,7 +66,7 @@ def test_score_hand_computed(tmp_path):
 def test_score_streams_many_strips(tmp_path, monkeypatch):
     import cropmap.scoring as scoring
 
-    monkeypatch.setattr(scoring, "strip_rows", lambda w: 7)  # many uneven strips
+    monkeypatch.setattr(scoring, "strip_rows", lambda w, **_: 7)  # many uneven strips
     h = 101
     cm = score_map(*make(tmp_path, h), progress=False)
     np.testing.assert_array_equal(np.asarray(cm.compute()["confusion"]), expected_confusion(h))
