@@ -5,15 +5,18 @@ A variant of the loop that needs new logic is a :class:`Hook`, never a copy of t
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 from torch import nn
 
 from .checkpoint import plain_args
 
-if TYPE_CHECKING:  # the trainer calls the hooks; they only read it
-    from .engine import Trainer
+#: The annotations' "Trainer" is :class:`cropmap.engine.Trainer`: it calls the hooks, which only read it
+#: (not imported, so that the hooks stay below the loop).
+Trainer = Any
+
+
 class Hook:
     """Callbacks of :class:`Trainer`; subclass and override what you need.
 
