@@ -3,6 +3,13 @@
 * :class:`InputError` - a problem with the user's input; :func:`run_cli` prints it as one line and exits 2.
 * :func:`short` - the one way an exception's text is shortened into such a line.
 * :func:`int_list` - the parser of comma-separated integers (``--scales 512,448``, ``--priority 1,3,2,0``).
+* flag types that check ranges at parse time (:func:`ranged` and its instances :data:`positive_int`,
+  :data:`nonneg_int`, :data:`seed_int`, :data:`num_classes_int`, :data:`positive_float`, :data:`nonneg_float`,
+  :data:`finite_float`, :data:`fraction`, :data:`positive_int_list`): argparse prints the usage and one
+  ``error:`` line naming the flag, exit status 2, before any work starts.
+* :func:`device_name` (a flag type) and :func:`select_device` - the one rule for ``--device``.
+* :func:`warn` - a one-line warning on stderr; :class:`ArgumentParser` - a parser that remembers which
+  flags were typed (:func:`typed_flags`), so a resumed run can tell a retyped flag from a default.
 * :func:`add_map_args` - the flags that predict.py, vote.py, fill_hole.py and score.py share.
 * :func:`progress` - a tqdm bar on a terminal; one line per finished step when output goes to a file or pipe.
 """
@@ -10,9 +17,13 @@
 from __future__ import annotations
 
 import argparse
+import math
+import re
+import signal
 import sys
+import threading
 import time
-from typing import Iterable
+from typing import Callable, Iterable
 
 #: Longest error line printed for a message taken from a library's exception.
 MAX_LINE = 200
@@ -37,6 +48,167 @@ def int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+# ---- flag types that check ranges at parse time -------------------------------------------------
+
+
+def _bound_text(kind: type, low, high, low_open: bool, high_open: bool) -> str:
+    what = "an integer" if kind is int else "a number"
+    if low is not None and high is not None:
+        if kind is int and not low_open and not high_open:
+            return f"{what} from {low} to {high}"
+        return f"{what} in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+    if low is not None:
+        return f"{what} {'>' if low_open else '>='} {low}"
+    if high is not None:
+        return f"{what} {'<' if high_open else '<='} {high}"
+    return what if kind is int else "a finite number"
+
+
+def ranged(kind: type = int, low=None, high=None, *, low_open: bool = False, high_open: bool = False) -> Callable:
+    """An ``argparse`` type: ``kind(text)`` (``int`` or ``float``) within ``[low, high]``.
+
+    ``None`` leaves an end open; ``low_open`` / ``high_open`` exclude the bound itself. Floats must be
+    finite (``nan``, ``inf`` are refused). Out of range, argparse prints the usage and
+    ``error: argument --FLAG: expected an integer >= 1, got '0'`` and exits with status 2.
+    """
+    if kind not in (int, float):
+        raise TypeError("kind must be int or float")
+    expected = _bound_text(kind, low, high, low_open, high_open)
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except (TypeError, ValueError):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if kind is float and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        if low is not None and (value < low or (low_open and value == low)):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        if high is not None and (value > high or (high_open and value == high)):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+    parse.__name__ = f"{kind.__name__} ({expected})"
+    return parse
+
+
+#: 1, 2, 3 ... (sizes, counts, epochs, threads)
+positive_int = ranged(int, 1)
+#: 0, 1, 2 ... (worker processes, "every N" where 0 is off, areas)
+nonneg_int = ranged(int, 0)
+#: 0 .. 2**32-1: what every random generator of the project accepts
+seed_int = ranged(int, 0, 2**32 - 1)
+#: 2 .. 255: labels are 8-bit and 255 means "ignore", so at most 255 classes
+num_classes_int = ranged(int, 2, 255)
+#: a finite number > 0 (learning rates, scales)
+positive_float = ranged(float, 0, low_open=True)
+#: a finite number >= 0 (weights, decay, powers)
+nonneg_float = ranged(float, 0)
+#: any finite number
+finite_float = ranged(float)
+#: a finite number in [0, 1]
+fraction = ranged(float, 0, 1)
+
+
+def positive_int_list(text: str) -> list[int]:
+    """``"512,448"`` -> ``[512, 448]``, every entry >= 1 and at least one; an ``argparse`` type."""
+    values = int_list(text)
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers >= 1, got {text!r}")
+    return values
+
+
+# ---- devices ------------------------------------------------------------------------------------
+
+_DEVICE = re.compile(r"cpu|cuda(:\d+)?")
+
+
+def device_name(text: str) -> str:
+    """An ``argparse`` type for ``--device``: ``cpu``, ``cuda`` or ``cuda:N`` (returned as given).
+
+    Only the spelling is checked here (at parse time, no CUDA call); :func:`select_device` checks that
+    the machine has it.
+    """
+    if not _DEVICE.fullmatch(str(text)):
+        raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:N, got {text!r}")
+    return str(text)
+
+
+def select_device(name: str | None = None):
+    """The ``torch.device`` of a ``--device`` value, checked against this machine (the one rule of every script).
+
+    ``None``: ``cuda`` when CUDA is available, else ``cpu``. :class:`InputError` for a misspelt name,
+    CUDA on a machine without it, or ``cuda:N`` past the last GPU. Which GPU a distributed process
+    takes is decided by the caller (see :func:`cropmap.engine.init_distributed`).
+    """
+    import torch
+
+    if name is None:
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device_name(name)
+    except argparse.ArgumentTypeError as e:
+        raise InputError(f"--device: {e}") from None
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise InputError(f"--device {name}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
+    return device
+
+
+# ---- messages -----------------------------------------------------------------------------------
+
+
+def warn(message: str) -> None:
+    """Print ``warning: message`` as one line on stderr (the run goes on)."""
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+# ---- a parser that knows which flags were typed -------------------------------------------------
+
+_TYPED = "_typed_flags"
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` that also records which flags the command line gave.
+
+    :func:`typed_flags` of the parsed namespace returns their names (``dest``), whatever their
+    value: ``--epochs 20`` counts as typed even where 20 is the default. (A second parse with every
+    default suppressed, so that only typed flags land in the namespace.)
+    """
+
+    def parse_known_args(self, args=None, namespace=None):
+        parsed, extras = super().parse_known_args(args, namespace)
+        if namespace is None:
+            saved = [(a, a.default) for a in self._actions]
+            saved_defaults, self._defaults = self._defaults, {}
+            try:
+                for a in self._actions:
+                    a.default = argparse.SUPPRESS
+                probe, _ = super().parse_known_args(args, argparse.Namespace())
+            finally:
+                for a, default in saved:
+                    a.default = default
+                self._defaults = saved_defaults
+            setattr(parsed, _TYPED, frozenset(vars(probe)))
+        return parsed, extras
+
+
+def typed_flags(args: argparse.Namespace) -> frozenset[str] | None:
+    """Names (``dest``) of the flags typed on the command line, or None when unknown (a namespace not
+    parsed by :class:`ArgumentParser`)."""
+    return getattr(args, _TYPED, None)
+
+
+def plain_flags(args: argparse.Namespace | dict) -> dict:
+    """The flags of a run without the bookkeeping entries (names starting with ``_``)."""
+    items = args.items() if isinstance(args, dict) else vars(args).items()
+    return {k: v for k, v in items if not k.startswith("_")}
+
+
 def add_map_args(p: argparse.ArgumentParser, what: str, num_classes: bool = True) -> None:
     """The flags of the scripts that read or write maps: data root, images, map folder, classes, progress.
 
@@ -49,12 +221,24 @@ def add_map_args(p: argparse.ArgumentParser, what: str, num_classes: bool = True
                    help=f"images {what} (default: {' '.join(DEFAULT_TEST_IMAGES)})")
     p.add_argument("--output_dir", default=None, help="folder of the maps (default: DATA_ROOT/submit)")
     if num_classes:
-        p.add_argument("--num_classes", type=int, default=4, help="number of classes of the maps (default: 4)")
+        p.add_argument("--num_classes", type=num_classes_int, default=4, help="number of classes of the maps (default: 4)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _terminated(signum, frame):
+    raise KeyboardInterrupt  # unwind as on Ctrl-C, so that every temporary file is removed on the way out
+
+
 def run_cli(main, args) -> int:
-    """Run an entry script's ``main(args)``, turning :class:`InputError` into one line on stderr, exit 2."""
+    """Run an entry script's ``main(args)``; returns the exit status.
+
+    :class:`InputError` -> its one line on stderr, status 2. An ``OSError`` the system raised (disk
+    full, permission denied, ...) -> one line naming the file, status 1. Ctrl-C or SIGTERM -> the
+    temporaries are removed on the way out (every writer cleans up on an exception), status 130.
+    """
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _terminated)
     try:
         main(args)
     except InputError as e:
@@ -63,6 +247,13 @@ def run_cli(main, args) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as e:
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"error: {where}{e.strerror or short(e)}", file=sys.stderr)
+        return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return 0
 
 

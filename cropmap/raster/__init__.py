@@ -7,7 +7,7 @@ Formats (:mod:`.formats`) are chosen by file suffix: :mod:`.png` today. Format-i
   before any work, one :class:`~cropmap.cli.InputError` line each;
 * :func:`open_reader`, :func:`iter_strips`, :func:`iter_row_windows`, :func:`iter_zip` - streaming reads
   in bounded memory; :func:`open_writer` - streaming writes, renamed into place when complete;
-* :data:`IGNORE`, :func:`valid_mask` - the no-data conventions;
+* :data:`IGNORE`, :func:`valid_mask`, :func:`any_valid` - the no-data conventions;
 * :func:`read_png`, :func:`write_png` - small files (tiles) whole.
 
 Arrays: images ``uint8 [H, W, C]`` RGB(A), labels and maps ``uint8 [H, W]``.
@@ -17,10 +17,10 @@ from .base import IGNORE, RasterInfo, valid_mask
 from .checks import check_image, check_label, check_label_values, check_map, check_map_values
 from .formats import FORMATS, format_of, histogram, open_reader, open_writer, raster_info
 from .png import read_png, write_png
-from .streams import iter_row_windows, iter_strips, iter_zip, strip_rows
+from .streams import any_valid, iter_row_windows, iter_strips, iter_zip, strip_rows
 
 __all__ = [
-    "FORMATS", "IGNORE", "RasterInfo", "check_image", "check_label", "check_label_values", "check_map",
+    "FORMATS", "IGNORE", "RasterInfo", "any_valid", "check_image", "check_label", "check_label_values", "check_map",
     "check_map_values", "format_of", "histogram", "iter_row_windows", "iter_strips", "iter_zip",
     "open_reader", "open_writer", "raster_info", "read_png", "strip_rows", "valid_mask", "write_png",
 ]

@@ -1,6 +1,7 @@
 """The one PNG reader and writer of the pipeline.
 
-* :func:`info` parses the PNG header (and checks the file ends in an IEND chunk) without decoding;
+* :func:`info` parses the PNG header (and checks that the file has its IEND chunk) without decoding;
+* :func:`check_bytes` checks a small PNG's chunks (checksums, IEND) before it is decoded;
 * :class:`Reader` decodes a PNG top to bottom (pyvips, sequential access) into caller-owned arrays;
 * :class:`StripWriter` encodes a PNG strip by strip (plain zlib) and renames it into place when complete;
 * :func:`histogram` counts label values in one streaming pass;
@@ -15,6 +16,7 @@ import os
 import struct
 import zlib
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -28,15 +30,43 @@ SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _COLOR_TYPES = {0: (1, "grayscale"), 2: (3, "RGB"), 3: (1, "palette"), 4: (2, "grayscale+alpha"), 6: (4, "RGBA")}
 IHDR_BYTES = 33  # signature (8) + IHDR chunk (4 length + 4 type + 13 data + 4 CRC)
 IEND_BYTES = 12  # the IEND chunk: 4 length + 4 type + 4 CRC
+_MAX_CHUNK = 2**31 - 1  # the PNG specification's largest chunk length
+# PNG colour type -> the bit depths the specification allows for it
+_DEPTHS = {0: (1, 2, 4, 8, 16), 2: (8, 16), 3: (1, 2, 4, 8), 4: (8, 16), 6: (8, 16)}
 _FETCH_ROWS = 8  # rows per libvips fetch (measured: 8-16 rows decode ~2x faster than 512, in less memory)
 _TRIM_BYTES = 16 << 20  # give freed heap back to the OS after this many bytes decoded (see _malloc_trim)
+
+
+def _walk_chunks(read_at, size: int, path: str) -> Iterator[tuple[bytes, int, int]]:
+    """Walk a PNG's chunks after the signature: yields ``(type, offset of the chunk, data length)``
+    up to and including IEND; bytes after IEND are not looked at (decoders ignore them too).
+
+    ``read_at(offset, n)`` returns up to ``n`` bytes of the file at ``offset``. :class:`InputError` when a
+    chunk runs past the end of the file (truncated) or a chunk header is not one.
+    """
+    off = len(SIGNATURE)
+    while True:
+        head = read_at(off, 8)
+        if len(head) < 8:
+            raise InputError(f"{path}: truncated PNG (the file ends before its IEND chunk)")
+        length, kind = struct.unpack(">I4s", head)
+        if length > _MAX_CHUNK or not kind.isalpha():
+            raise InputError(f"{path}: corrupt PNG (no chunk header at byte {off})")
+        if off + 12 + length > size:
+            raise InputError(f"{path}: truncated PNG (the file ends inside its {kind.decode()} chunk at byte {off})")
+        yield kind, off, length
+        if kind == b"IEND":
+            return
+        off += 12 + length
 
 
 def info(path: str | os.PathLike) -> RasterInfo:
     """Read a PNG's header (signature and IHDR) and check that the file is not truncated.
 
-    Truncation is detected cheaply: a complete PNG ends with the 12-byte IEND chunk.
-    Raises :class:`InputError` for a missing file, a non-PNG, a bad header or a truncated file.
+    Truncation is detected cheaply: a complete PNG has an IEND chunk, usually as its last 12 bytes; when
+    it is not there (bytes after IEND, or a truncated file) the chunks are walked from the start, one
+    8-byte read each, to find it. Raises :class:`InputError` for a missing file, a non-PNG, a bad header
+    or a truncated file.
     """
     path = str(path)
     if not os.path.exists(path):
@@ -44,24 +74,54 @@ def info(path: str | os.PathLike) -> RasterInfo:
     if os.path.isdir(path):
         raise InputError(f"{path}: is a directory, expected a PNG file")
     size = os.path.getsize(path)
-    with open(path, "rb") as f:
+    with open(path, "rb", buffering=0) as f:
         head = f.read(IHDR_BYTES)
-        if len(head) < IHDR_BYTES or head[:8] != SIGNATURE:
-            raise InputError(f"{path}: not a PNG file (bad signature)")
-        length, ctype = struct.unpack(">I4s", head[8:16])
-        if ctype != b"IHDR" or length != 13:
-            raise InputError(f"{path}: corrupt PNG (first chunk is not IHDR)")
-        width, height, depth, color, _comp, _filt, _interlace = struct.unpack(">IIBBBBB", head[16:29])
-        if zlib.crc32(head[12:29]) != struct.unpack(">I", head[29:33])[0]:
-            raise InputError(f"{path}: corrupt PNG (IHDR checksum mismatch)")
-        if color not in _COLOR_TYPES or width == 0 or height == 0:
-            raise InputError(f"{path}: corrupt PNG (invalid header)")
+        channels, depth, name, width, height = _parse_ihdr(head, path)
         f.seek(max(size - IEND_BYTES, 0))
         tail = f.read(IEND_BYTES)
-    if tail[4:8] != b"IEND":
-        raise InputError(f"{path}: truncated PNG (no IEND chunk at the end of the file)")
-    channels, name = _COLOR_TYPES[color]
+        if tail[4:8] != b"IEND":
+            fd = f.fileno()
+            for _ in _walk_chunks(lambda off, n: os.pread(fd, n, off), size, path):
+                pass
     return RasterInfo(path, width, height, channels, depth, name, FORMAT)
+
+
+def _parse_ihdr(head: bytes, path: str) -> tuple[int, int, str, int, int]:
+    """``(channels, bit depth, colour name, width, height)`` from a PNG's first 33 bytes (signature and IHDR)."""
+    if len(head) < IHDR_BYTES or head[:8] != SIGNATURE:
+        raise InputError(f"{path}: not a PNG file (bad signature)")
+    length, ctype = struct.unpack(">I4s", head[8:16])
+    if ctype != b"IHDR" or length != 13:
+        raise InputError(f"{path}: corrupt PNG (first chunk is not IHDR)")
+    width, height, depth, color, comp, filt, interlace = struct.unpack(">IIBBBBB", head[16:29])
+    if zlib.crc32(head[12:29]) != struct.unpack(">I", head[29:33])[0]:
+        raise InputError(f"{path}: corrupt PNG (IHDR checksum mismatch)")
+    if (color not in _COLOR_TYPES or width == 0 or height == 0 or depth not in _DEPTHS[color] or comp or filt
+            or interlace > 1):
+        raise InputError(f"{path}: corrupt PNG (invalid header)")
+    channels, name = _COLOR_TYPES[color]
+    return channels, depth, name, width, height
+
+
+def check_bytes(data: bytes | memoryview, path: str | os.PathLike) -> None:
+    """Check a whole PNG in memory before decoding it: header, every chunk's checksum up to IEND, an
+    IDAT chunk. :class:`InputError` naming the first problem.
+
+    (Decoders print their own messages on damaged data - libpng on stderr - before failing; checked
+    first, a damaged file gets one clear line instead.)
+    """
+    path = str(path)
+    view = memoryview(data)
+    _parse_ihdr(bytes(view[:IHDR_BYTES]), path)
+    seen_idat = False
+    for kind, off, length in _walk_chunks(lambda o, n: view[o : o + n].tobytes(), len(view), path):
+        body = view[off + 4 : off + 8 + length]  # type and data: what the CRC covers
+        (crc,) = struct.unpack(">I", view[off + 8 + length : off + 12 + length])
+        if zlib.crc32(body) != crc:
+            raise InputError(f"{path}: corrupt PNG (checksum mismatch in the {kind.decode()} chunk at byte {off})")
+        seen_idat |= kind == b"IDAT"
+    if not seen_idat:
+        raise InputError(f"{path}: corrupt PNG (no image data)")
 
 
 def _vips():
@@ -171,17 +231,20 @@ class Reader:
 def read_png(path: str | os.PathLike) -> np.ndarray:
     """Read a small PNG whole: ``uint8 [H, W]`` (gray) or ``[H, W, C]`` in RGB/RGBA order.
 
-    For tiles and other small files only; huge images go through :class:`Reader`.
+    For tiles and other small files only; huge images go through :class:`Reader`. The file's chunks
+    are checked first (:func:`check_bytes`), so a damaged file is one :class:`InputError` line.
     """
     import cv2
 
     path = str(path)
     if not os.path.isfile(path):
         raise InputError(f"{path}: file not found")
-    arr = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    with open(path, "rb") as f:
+        data = f.read()
+    check_bytes(data, path)
+    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if arr is None:
-        head = info(path)  # raises a clear error for the usual problems
-        raise InputError(f"{head.path}: cannot decode PNG")
+        raise InputError(f"{path}: cannot decode PNG")
     if arr.dtype != np.uint8:
         raise InputError(f"{path}: unsupported bit depth (expected 8-bit)")
     if arr.ndim == 3:
@@ -190,12 +253,13 @@ def read_png(path: str | os.PathLike) -> np.ndarray:
     return arr
 
 
-def write_png(path: str | os.PathLike, array: np.ndarray, compression: int | None = None) -> None:
+def write_png(path: str | os.PathLike, array: np.ndarray, compression: int | None = None, clean: bool = True) -> None:
     """Write a small ``uint8 [H, W]`` / ``[H, W, 3]`` (RGB) / ``[H, W, 4]`` (RGBA) array as a PNG, atomically.
 
     ``compression``: None keeps OpenCV's default (RLE, sub filter: as small as level 1 and twice as
     fast); 0 stores the rows uncompressed (about 9x faster to write than the default, and to read;
-    files about twice as large on noisy imagery); 1-9 is zlib's level.
+    files about twice as large on noisy imagery); 1-9 is zlib's level. ``clean``: delete what an
+    interrupted run left for ``path`` first (see :func:`cropmap.files.temporary_path`).
     """
     import cv2
 
@@ -215,7 +279,7 @@ def write_png(path: str | os.PathLike, array: np.ndarray, compression: int | Non
     ok, data = cv2.imencode(".png", arr, params)
     if not ok:
         raise OSError(f"{path}: PNG encoding failed")
-    with atomic_path(path) as tmp:
+    with atomic_path(path, clean) as tmp:
         tmp.write_bytes(data.tobytes())
 
 
@@ -273,9 +337,13 @@ class StripWriter:
         if self.rows_written != self.height:
             self.abort()
             raise ValueError(f"{self.path}: {self.rows_written} of {self.height} rows written")
-        self._f.write(_chunk(b"IDAT", self._z.flush()) + _chunk(b"IEND", b""))
-        self._f.close()
-        os.replace(self._tmp, self.path)
+        try:
+            self._f.write(_chunk(b"IDAT", self._z.flush()) + _chunk(b"IEND", b""))
+            self._f.close()
+            os.replace(self._tmp, self.path)
+        except BaseException:
+            self.abort()
+            raise
         return self.path
 
     def abort(self) -> None:

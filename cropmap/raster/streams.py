@@ -7,6 +7,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from .base import valid_mask
 from .formats import open_reader, raster_info
 
 #: Bytes per strip (all files together) when several rasters are read in step: 8 MiB.
@@ -84,3 +85,16 @@ def iter_zip(paths: Sequence[str | os.PathLike], rows: int) -> Iterator[tuple[in
         if got[0] is None:
             return
         yield got[0][0], [s for _, s in got]
+
+
+def any_valid(path: str | os.PathLike, strip_height: int = 256) -> bool:
+    """True when the raster has a valid pixel (alpha 255; files without alpha: always).
+
+    Decodes from the top until the first valid pixel (the whole file when there is none).
+    """
+    if raster_info(path).channels in (1, 3):
+        return True
+    for _, strip in iter_strips(path, strip_height, rgba=True):
+        if valid_mask(strip[..., 3]).any():
+            return True
+    return False
