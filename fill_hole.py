@@ -17,7 +17,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from cropmap.cli import InputError, add_map_args, run_cli
+from cropmap.cli import InputError, add_map_args, nonneg_int, positive_int, run_cli
+from cropmap.files import check_output_file
 from cropmap.layout import map_path, submit_dir, predict_source
 from cropmap.postprocess import FILL_METHODS, fill_map
 
@@ -29,11 +30,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--output", default=None, help="where the filled map goes (default: replace the input once complete)")
     p.add_argument("--source", default=None, help="the source image of --input, for its no-data mask (required with --input)")
     p.add_argument("--method", default="morph", choices=FILL_METHODS, help="morph (enclosed regions) or square (the original's rule) (default: morph)")
-    p.add_argument("--max_hole", type=int, default=250_000, help="morph: largest hole area filled, in pixels (default: 250000, a 500x500 square)")
-    p.add_argument("--min_area", type=int, default=0, help="morph: crop islands smaller than this many pixels take the class around them (default: 0, off)")
-    p.add_argument("--sizes", type=int, nargs="+", default=[500, 400], help="square: window sides, applied in turn (default: 500 400)")
-    p.add_argument("--stride", type=int, default=50, help="square: window step; must divide every size (default: 50)")
-    p.add_argument("--band_rows", type=int, default=1024, help="morph: rows per band; memory is about 12 bytes x width per band row (map, int32 component labels, masks), more while a hole taller than the band is pending (default: 1024)")
+    p.add_argument("--max_hole", type=nonneg_int, default=250_000, help="morph: largest hole area filled, in pixels (default: 250000, a 500x500 square)")
+    p.add_argument("--min_area", type=nonneg_int, default=0, help="morph: crop islands smaller than this many pixels take the class around them (default: 0, off)")
+    p.add_argument("--sizes", type=positive_int, nargs="+", default=[500, 400], help="square: window sides, applied in turn (default: 500 400)")
+    p.add_argument("--stride", type=positive_int, default=50, help="square: window step; must divide every size (default: 50)")
+    p.add_argument("--band_rows", type=positive_int, default=1024, help="morph: rows per band; memory is about 12 bytes x width per band row (map, int32 component labels, masks), more while a hole taller than the band is pending (default: 1024)")
     return p
 
 
@@ -47,6 +48,8 @@ def main(args: argparse.Namespace) -> list[Path]:
     else:
         out_dir = submit_dir(args.data_root, args.output_dir)
         jobs = [(map_path(out_dir, im), predict_source(args.data_root, im), map_path(out_dir, im)) for im in args.images]
+    for _, _, output in jobs:
+        check_output_file(output)
     done = []
     for map_file, source, output in jobs:
         fill_map(

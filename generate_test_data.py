@@ -15,8 +15,8 @@ import sys
 import time
 
 from cropmap import cut
-from cropmap.cli import run_cli
-from cropmap.files import clean_partials
+from cropmap.cli import InputError, run_cli
+from cropmap.files import check_output_dir
 from cropmap.layout import DEFAULT_TEST_IMAGES, TEST_SOURCE_DIR, windows_dir, window_folder, tiles_csv
 from cropmap.tiling import BASE_COLUMNS, write_tiles_csv
 
@@ -29,21 +29,24 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> list[dict]:
     stride = args.stride or max(1, args.tile_size // 2)
-    sources = cut.resolve(args.data_root, args.source_dir, args.images, with_label=False)
-    cut.validate(sources)
     out = windows_dir(args.data_root)
     csv_path = tiles_csv(out)
-    csv_path.unlink(missing_ok=True)
+    check_output_dir(out)
+    sources = cut.resolve(args.data_root, args.source_dir, args.images, with_label=False)
+    cut.validate(sources)
     rows: list[dict] = []
     t0 = time.perf_counter()
-    for src in sources:
-        folder = out / window_folder(src.name)
-        clean_partials(folder)
-        new = cut.cut_source(src, args.tile_size, stride, folder, None, lambda t, c: True, rgba_out=True,
-                             num_classes=0, workers=args.workers, progress=not args.quiet,
-                             compression=args.compression)
-        cut.remove_stale(folder, src.name, {r["name"] for r in new})
-        rows += new
+    # windows go to temporary folders that replace the image folders once every source is cut
+    folders = [out / window_folder(src.name) for src in sources]
+    if len(set(folders)) < len(folders):
+        dup = next(f for f in folders if folders.count(f) > 1)
+        raise InputError(f"--images: two sources would share the window folder {dup}")
+    with cut.staged_folders(folders) as tmps:
+        for src, tmp in zip(sources, tmps):
+            rows += cut.cut_source(src, args.tile_size, stride, tmp, None, lambda t, c: True, rgba_out=True,
+                                   num_classes=0, workers=args.workers, progress=not args.quiet,
+                                   compression=args.compression)
+        csv_path.unlink(missing_ok=True)  # the old index goes before the old windows do
     write_tiles_csv(csv_path, rows, BASE_COLUMNS + ["height", "width"])
     secs = time.perf_counter() - t0
     mpix = sum(s.info.width * s.info.height for s in sources) / 1e6

@@ -17,8 +17,8 @@ import time
 
 
 from cropmap import cut
-from cropmap.cli import run_cli
-from cropmap.files import clean_partials
+from cropmap.cli import num_classes_int, positive_int, ranged, run_cli, seed_int
+from cropmap.files import check_output_dir
 from cropmap.layout import DEFAULT_TRAIN_IMAGES, TRAIN_SOURCE_DIR, tiles_csv, train_dir, train_tile_dirs
 from cropmap.tiling import BASE_COLUMNS, class_columns, write_tiles_csv
 
@@ -29,23 +29,23 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         label_help=" (label: NAME_label.png beside each)")
     p.add_argument("--keep", choices=["crop", "valid"], default="crop",
                    help="crop: keep tiles with a crop pixel, as the original (default); valid: every tile with a valid pixel")
-    p.add_argument("--num_classes", type=int, default=4, help="label values are 0..num_classes-1, 255 ignored (default: 4)")
-    p.add_argument("--val_fraction", type=float, default=0.1, help="share of tiles for validation (default: 0.1)")
-    p.add_argument("--split_block", type=int, default=None,
+    p.add_argument("--num_classes", type=num_classes_int, default=4, help="label values are 0..num_classes-1, 255 ignored (default: 4)")
+    p.add_argument("--val_fraction", type=ranged(float, 0, 1, high_open=True), default=0.1,
+                   help="share of tiles for validation, 0 to below 1 (default: 0.1)")
+    p.add_argument("--split_block", type=positive_int, default=None,
                    help="side in pixels of the blocks drawn for validation (default: 4 tile sizes, less on small images)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the train/val split (default: 0)")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of the train/val split (default: 0)")
     return p
 
 
 def main(args: argparse.Namespace) -> list[dict]:
     stride = args.stride or args.tile_size
-    sources = cut.resolve(args.data_root, args.source_dir, args.images, with_label=True)
-    cut.validate(sources, args.num_classes)  # everything is checked before anything is written
     out = train_dir(args.data_root)
     data_dir, label_dir = train_tile_dirs(args.data_root)
     csv_path = tiles_csv(out)
-    csv_path.unlink(missing_ok=True)  # an interrupted run must not leave an index that looks finished
-    clean_partials(data_dir, label_dir)
+    check_output_dir(out)
+    sources = cut.resolve(args.data_root, args.source_dir, args.images, with_label=True)
+    cut.validate(sources, args.num_classes)  # headers and label values, before anything is written
     crop_classes = slice(1, args.num_classes)
 
     def keep(tile, counts) -> bool:
@@ -53,15 +53,14 @@ def main(args: argparse.Namespace) -> list[dict]:
 
     rows: list[dict] = []
     t0 = time.perf_counter()
-    for src in sources:
-        new = cut.cut_source(src, args.tile_size, stride, data_dir, label_dir, keep, rgba_out=False,
-                             num_classes=args.num_classes, workers=args.workers, progress=not args.quiet,
-                             compression=args.compression)
-        names = {r["name"] for r in new}
-        cut.remove_stale(data_dir, src.name, names)
-        cut.remove_stale(label_dir, src.name, names)
-        rows += new
-    cut.assign_split(rows, args.val_fraction, args.seed, args.split_block)
+    # tiles go to temporary folders that replace data/ and label/ once every source is cut
+    with cut.staged_folders([data_dir, label_dir]) as (tmp_data, tmp_label):
+        for src in sources:
+            rows += cut.cut_source(src, args.tile_size, stride, tmp_data, tmp_label, keep, rgba_out=False,
+                                   num_classes=args.num_classes, workers=args.workers, progress=not args.quiet,
+                                   compression=args.compression)
+        cut.assign_split(rows, args.val_fraction, args.seed, args.split_block)
+        csv_path.unlink(missing_ok=True)  # the old index goes before the old tiles do
     write_tiles_csv(csv_path, rows, BASE_COLUMNS + class_columns(args.num_classes) + ["split"])
     secs = time.perf_counter() - t0
     mpix = sum(s.info.width * s.info.height for s in sources) / 1e6

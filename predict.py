@@ -6,7 +6,8 @@
 Reads ``{data_root}/test/tiles.csv`` and the windows written by ``generate_test_data.py``; writes
 ``{output_dir}/{image}_predict.png`` (or ``{image}_predict_{name}.png`` with ``--name``, for voting),
 a colour preview ``..._preview.png`` beside it and, with ``--save_probs``, per-class probabilities
-``..._prob{c}.png`` (uint8, 255 = 1.0) for ``vote.py --soft``.
+``..._prob{c}.png`` (uint8, 255 = 1.0) for ``vote.py --soft``. A test image without any valid pixel
+(generate_test_data.py writes no window for it) gets an all-zero map, with a warning.
 """
 
 from __future__ import annotations
@@ -15,13 +16,18 @@ import argparse
 import sys
 import time
 
+import numpy as np
 import torch
 
-from cropmap.cli import add_map_args, run_cli
+from cropmap.cli import (InputError, add_map_args, device_name, nonneg_int, positive_int, run_cli, select_device,
+                         warn)
+from cropmap.files import check_output_dir, check_output_file
 from cropmap.inference import TTA_MODES, predict_image
-from cropmap.layout import map_path, model_dir, preview_path, submit_dir, windows_dir, window_folder, tiles_csv
+from cropmap.layout import (map_path, model_dir, predict_source, preview_path, prob_paths, submit_dir, tiles_csv,
+                            window_folder, windows_dir)
+from cropmap.raster import any_valid, check_image, open_writer, strip_rows
 from cropmap.stitch import BLEND_MODES
-from cropmap.tiling import read_tiles_csv
+from cropmap.tiling import BASE_COLUMNS, read_tiles_csv
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -34,11 +40,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         help="model name appended to the output: IMAGE_predict_NAME.png, to keep per-model maps for vote.py "
         "(default: none, IMAGE_predict.png)",
     )
-    p.add_argument("--batch_size", type=int, default=8, help="windows per forward pass (default: 8)")
-    p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes decoding windows (default: 2)")
-    p.add_argument(
-        "--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device (default: cuda if available, else cpu)"
-    )
+    p.add_argument("--batch_size", type=positive_int, default=8, help="windows per forward pass (default: 8)")
+    p.add_argument("--workers", type=nonneg_int, default=2, help="DataLoader worker processes decoding windows (default: 2)")
+    p.add_argument("--device", type=device_name, default=None,
+                   help="cpu, cuda or cuda:N (default: cuda if available, else cpu)")
     p.add_argument("--amp", action="store_true", help="mixed precision (float16 autocast on CUDA, bfloat16 on CPU)")
     p.add_argument(
         "--tta",
@@ -57,43 +62,75 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "(paste, the original's way; use with non-overlapping windows) (default: gaussian)",
     )
     p.add_argument("--save_probs", action="store_true", help="also write per-class uint8 probabilities IMAGE_predict[_NAME]_prob{c}.png")
-    p.add_argument("--preview_size", type=int, default=2048, help="longest side of the colour preview; 0: no preview (default: 2048)")
+    p.add_argument("--preview_size", type=nonneg_int, default=2048, help="longest side of the colour preview; 0: no preview (default: 2048)")
     return p
+
+
+def write_empty_map(out, source, num_classes: int, save_probs: bool) -> None:
+    """An all-zero map (and probabilities) of the size of ``source``: the prediction of a source without
+    any valid pixel, for which generate_test_data.py writes no window."""
+    info = check_image(source)
+    paths = [out] + (prob_paths(out, num_classes) if save_probs else [])
+    rows = strip_rows(info.width)
+    zeros = np.zeros((rows, info.width), np.uint8)
+    for path in paths:
+        with open_writer(path, info.width, info.height, like=info) as writer:
+            for y in range(0, info.height, rows):
+                writer.write(zeros[: min(rows, info.height - y)])
 
 
 def main(args: argparse.Namespace) -> list[dict]:
     from cropmap.checkpoint import find_best, load_model
 
     output_dir = submit_dir(args.data_root, args.output_dir)
+    check_output_dir(output_dir)
+    device = select_device(args.device)
+    windows = windows_dir(args.data_root)
+    csv_path = tiles_csv(windows)
+    all_rows = read_tiles_csv(csv_path, BASE_COLUMNS + ["height", "width"], " (re-run generate_test_data.py)")
+    jobs = []  # (image, its windows' rows or None for a source without a valid pixel, output map)
+    for image in args.images:
+        rows = [r for r in all_rows if r["image"] == image]
+        out = map_path(output_dir, image, args.name)
+        check_output_file(out)
+        if not rows:
+            source = predict_source(args.data_root, image)
+            if not source.is_file() or any_valid(source):
+                raise InputError(f"{csv_path}: no test windows of {image} (run generate_test_data.py with it)")
+            rows = None
+        jobs.append((image, rows, out))
     checkpoint = args.checkpoint or find_best(model_dir(args.data_root))
-    device = torch.device(args.device)
     model, ckpt_args = load_model(checkpoint, device=device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     print(f"checkpoint {checkpoint}: {ckpt_args.get('model')} / {ckpt_args.get('backbone')}")
-    windows = windows_dir(args.data_root)
-    all_rows = read_tiles_csv(tiles_csv(windows))
     results = []
-    for image in args.images:
-        rows = [r for r in all_rows if r["image"] == image]
-        out = map_path(output_dir, image, args.name)
+    for image, rows, out in jobs:
         start = time.perf_counter()
-        res = predict_image(
-            model,
-            rows,
-            windows / window_folder(image),
-            out,
-            device=device,
-            batch_size=args.batch_size,
-            workers=args.workers,
-            tta=args.tta,
-            amp=args.amp,
-            blend=args.blend,
-            save_probs=args.save_probs,
-            preview_path=preview_path(out) if args.preview_size > 0 else None,
-            preview_size=max(args.preview_size, 1),
-            progress=not args.quiet,
-        )
+        if rows is None:
+            source = predict_source(args.data_root, image)
+            warn(f"{source}: no valid pixel (alpha is 255 nowhere): its map is all zero")
+            num_classes = int(ckpt_args.get("num_classes", 4))
+            write_empty_map(out, source, num_classes, args.save_probs)
+            res = {"map": out, "windows": 0, "num_classes": num_classes, "preview": None,
+                   "probs": prob_paths(out, num_classes) if args.save_probs else []}
+        else:
+            res = predict_image(
+                model,
+                rows,
+                windows / window_folder(image),
+                out,
+                device=device,
+                batch_size=args.batch_size,
+                workers=args.workers,
+                tta=args.tta,
+                amp=args.amp,
+                blend=args.blend,
+                save_probs=args.save_probs,
+                preview_path=preview_path(out) if args.preview_size > 0 else None,
+                preview_size=max(args.preview_size, 1),
+                progress=not args.quiet,
+            )
         took = time.perf_counter() - start
         print(f"{image}: {res['windows']} windows in {took:.1f} s -> {res['map']}")
         results.append(res)

@@ -22,7 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from cropmap.cli import InputError, run_cli
+from cropmap.cli import (InputError, device_name, nonneg_int, num_classes_int, positive_float, positive_int,
+                         run_cli)
+from cropmap.files import check_output_dir
 from cropmap.metrics import class_names, iou_from_confusion
 from cropmap.layout import (DEFAULT_TEST_IMAGES, DEFAULT_TRAIN_IMAGES, TEST_SOURCE_DIR, TRAIN_SOURCE_DIR,
                             checkpoint_path, label_path, map_path, model_dir, submit_dir)
@@ -44,34 +46,34 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--data_root", default="data", help="data root of the contract's layout (default: data)")
     p.add_argument("--synthetic", action="store_true",
                    help="first write the synthetic data set (make_synthetic_data.py) into --data_root")
-    p.add_argument("--size", type=int, default=3000, help="with --synthetic: longest image side (default: 3000)")
+    p.add_argument("--size", type=positive_int, default=3000, help="with --synthetic: longest image side (default: 3000)")
     p.add_argument("--train_images", nargs="+", default=None,
                    help="training PNGs (labels NAME_label.png beside them) (default: image_1 image_2 of the layout)")
     p.add_argument("--test_images", nargs="+", default=None,
                    help="test PNGs, scored when NAME_label.png exists beside them (default: image_3 image_4)")
-    p.add_argument("--num_classes", type=int, default=4, help="number of classes (default: 4)")
-    p.add_argument("--tile_size", type=int, default=256, help="tile and window side (default: 256)")
-    p.add_argument("--epochs", type=int, default=6, help="epochs of each DeepLabv3 model (default: 6)")
-    p.add_argument("--unet_epochs", type=int, default=3, help="epochs of the U-Net (default: 3)")
-    p.add_argument("--iters_per_epoch", type=int, default=None,
+    p.add_argument("--num_classes", type=num_classes_int, default=4, help="number of classes (default: 4)")
+    p.add_argument("--tile_size", type=positive_int, default=256, help="tile and window side (default: 256)")
+    p.add_argument("--epochs", type=positive_int, default=6, help="epochs of each DeepLabv3 model (default: 6)")
+    p.add_argument("--unet_epochs", type=positive_int, default=3, help="epochs of the U-Net (default: 3)")
+    p.add_argument("--iters_per_epoch", type=positive_int, default=None,
                    help="cap on iterations per epoch (default: one pass over the training tiles)")
-    p.add_argument("--batch_size", type=int, default=8, help="training batch size (default: 8)")
-    p.add_argument("--crop_size", type=int, default=256, help="DeepLabv3 training crop, a multiple of 32 (default: 256)")
-    p.add_argument("--unet_crop_size", type=int, default=128,
+    p.add_argument("--batch_size", type=positive_int, default=8, help="training batch size, at least 2 (default: 8)")
+    p.add_argument("--crop_size", type=positive_int, default=256, help="DeepLabv3 training crop, a multiple of 32 (default: 256)")
+    p.add_argument("--unet_crop_size", type=positive_int, default=128,
                    help="U-Net training crop (default: 128; its full-resolution hypercolumn head costs about 10x "
                         "DeepLabv3-ResNet18 per pixel on a CPU)")
-    p.add_argument("--base_lr", type=float, default=0.03, help="SGD learning rate (default: 0.03)")
-    p.add_argument("--scale_min", type=float, default=1.0,
+    p.add_argument("--base_lr", type=positive_float, default=0.03, help="SGD learning rate (default: 0.03)")
+    p.add_argument("--scale_min", type=positive_float, default=1.0,
                    help="smallest random rescale in training (default: 1.0: the synthetic classes differ by row "
                         "spacing at a fixed ground resolution, which rescaling 0.5-2x would blur together)")
-    p.add_argument("--scale_max", type=float, default=1.0, help="largest random rescale in training (default: 1.0)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads per training process (default: PyTorch's)")
+    p.add_argument("--scale_max", type=positive_float, default=1.0, help="largest random rescale in training (default: 1.0)")
+    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads per training process (default: PyTorch's)")
     p.add_argument("--backbone", default="resnet18", help="DeepLabv3 backbone (default: resnet18)")
     p.add_argument("--unet_backbone", default="resnet34", help="U-Net encoder (default: resnet34)")
-    p.add_argument("--device", default=None, help="torch device for training and prediction (default: cuda if available)")
+    p.add_argument("--device", type=device_name, default=None, help="torch device for training and prediction (default: cuda if available)")
     p.add_argument("--tta", default="flip", choices=["none", "flip", "d4"],
                    help="test-time augmentation of the TTA stage (default: flip)")
-    p.add_argument("--max_hole", type=int, default=20000, help="fill_hole.py --max_hole (default: 20000)")
+    p.add_argument("--max_hole", type=nonneg_int, default=20000, help="fill_hole.py --max_hole (default: 20000)")
     p.add_argument("--exp", default="demo", help="experiment name of the trained models (default: demo)")
     p.add_argument("--skip_training", action="store_true", help="reuse the checkpoints of an earlier run")
     p.add_argument("--quiet", action="store_true", help="no progress bars in the steps")
@@ -92,6 +94,15 @@ def run(cmd: list[str]) -> None:
 def main(args: argparse.Namespace) -> list[dict]:
     t_start = time.perf_counter()
     root = Path(args.data_root).resolve()
+    check_output_dir(root)
+    # the training scripts' cross-flag rules, checked here too so that the pipeline does not stop after the tiling
+    if args.batch_size < 2:
+        raise InputError(f"--batch_size {args.batch_size}: training needs at least 2 images per batch (BatchNorm)")
+    for flag in ("crop_size", "unet_crop_size"):
+        if getattr(args, flag) % 32:
+            raise InputError(f"--{flag} {getattr(args, flag)} must be a multiple of 32")
+    if args.scale_min > args.scale_max:
+        raise InputError(f"need --scale_min <= --scale_max, got {args.scale_min}, {args.scale_max}")
     q = ["--quiet"] if args.quiet else []
     if args.synthetic:
         run(["make_synthetic_data.py", "--data_root", str(root), "--size", str(args.size), *q])
@@ -142,10 +153,10 @@ def main(args: argparse.Namespace) -> list[dict]:
          "--tta", args.tta, "--name", f"{first}_tta", "--preview_size", "0"])
     for image, src in zip(names, test_images):
         run(["vote.py", "--inputs", *(str(pred(image, m)) for m, *_ in MODELS), "--output", str(pred(image, "vote")),
-             "--num_classes", str(args.num_classes)])
+             "--num_classes", str(args.num_classes), *q])
         run(["fill_hole.py", "--input", str(pred(image, "vote")), "--source", str(src),
              "--output", str(map_path(submit, image)), "--max_hole", str(args.max_hole),
-             "--num_classes", str(args.num_classes)])
+             "--num_classes", str(args.num_classes), *q])
 
     stages = [("plain stitching (original's way)", "plain"), *((f"{m} (blended)", m) for m, *_ in MODELS),
               (f"{first} + TTA ({args.tta})", f"{first}_tta"), ("vote of the 3 models", "vote"),

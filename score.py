@@ -14,7 +14,7 @@ import json
 import sys
 
 from cropmap.cli import InputError, add_map_args, run_cli
-from cropmap.files import atomic_path
+from cropmap.files import atomic_path, check_output_file
 from cropmap.metrics import ConfusionMatrix
 from cropmap.layout import label_path, map_path, submit_dir, predict_source
 from cropmap.scoring import score_dict, score_map
@@ -39,6 +39,8 @@ def main(args: argparse.Namespace) -> dict:
         out_dir = submit_dir(args.data_root, args.output_dir)
         sources = [predict_source(args.data_root, im) for im in args.images]
         jobs = [(map_path(out_dir, im), label_path(src), src) for im, src in zip(args.images, sources)]
+    if args.json:
+        check_output_file(args.json)
     total = ConfusionMatrix(args.num_classes)
     for pred, label, source in jobs:
         cm = score_map(pred, label, source, args.num_classes, progress=not args.quiet)

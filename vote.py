@@ -19,7 +19,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from cropmap.cli import InputError, add_map_args, int_list, run_cli
+from cropmap.cli import InputError, add_map_args, int_list, run_cli, warn
+from cropmap.files import check_output_file
 from cropmap.layout import is_derived, map_path, prob_paths, submit_dir
 from cropmap.postprocess import vote_maps
 
@@ -53,10 +54,14 @@ def main(args: argparse.Namespace) -> list[Path]:
         jobs = [([Path(p) for p in args.inputs], Path(args.output) if args.output else out_dir / "vote.png")]
     else:
         jobs = [(per_model_maps(out_dir, im, args.models), map_path(out_dir, im)) for im in args.images]
-    done = []
-    for inputs, output in jobs:
+    for inputs, output in jobs:  # every job checked before the first one runs
         if output in inputs:
             raise InputError(f"{output}: the output is also an input")
+        check_output_file(output)
+    done = []
+    for inputs, output in jobs:
+        if len(inputs) == 1:
+            warn(f"only one map to vote ({inputs[0]}): {output} is a copy of it")
         probs = [prob_paths(p, args.num_classes) for p in inputs] if args.soft else None
         vote_maps(inputs, output, args.num_classes, priority, probs, progress=not args.quiet)
         print(f"{' + '.join(p.name for p in inputs)} -> {output}" + (" (soft)" if args.soft else ""))

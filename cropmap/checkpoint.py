@@ -100,6 +100,21 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
     return path
 
 
+def _load_error(path: Path, err: Exception) -> str:
+    """What a file that ``torch.load(weights_only=True)`` refused is not, as one line."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if not head:
+        return f"{path}: not a checkpoint (empty file)"
+    if not head.startswith((b"PK", b"\x80")):  # a zip archive (torch.save) or a legacy pickle
+        return f"{path}: not a PyTorch checkpoint (neither the zip archive of torch.save nor a legacy torch file)"
+    text = str(err)
+    if "can still be loaded" in text or "Unsupported global" in text:
+        return (f"{path}: not a cropmap checkpoint (it stores Python objects, not only tensors and plain values, "
+                "e.g. a whole pickled model; cropmap checkpoints load with torch.load(weights_only=True))")
+    return f"{path}: not a complete PyTorch file (damaged or truncated)"
+
+
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     """``torch.load(path, weights_only=True)``; :class:`InputError` if missing or not a cropmap checkpoint."""
     path = Path(path)
@@ -108,9 +123,10 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # corrupt file, not a torch file, or unsafe content
-        raise InputError(f"{path}: cannot load checkpoint ({short(e)})") from None
+        raise InputError(_load_error(path, e)) from None
     if not isinstance(state, dict) or "model" not in state or "args" not in state:
-        raise InputError(f"{path}: not a cropmap checkpoint (no 'model' and 'args' entries)")
+        raise InputError(f"{path}: not a cropmap checkpoint (no 'model' and 'args' entries; encoder weights of "
+                         "a plain state_dict go to --pretrained)")
     return state
 
 

@@ -2,18 +2,25 @@
 
 The main thread decodes (pyvips, streaming) and cuts; a pool of threads counts pixels and encodes and
 writes the PNG tiles (OpenCV releases the GIL), so decoding and encoding overlap on several cores.
+
+Tiles are written into temporary folders (:func:`staged_folders`) that replace the final ones only
+when every source has been cut: damaged image data found halfway (the headers and the labels' values
+are checked before, :func:`validate`, but an image's pixels only decode while it is cut) leaves the
+previous tiles and ``tiles.csv`` as they were, and nothing new.
 """
 
 from __future__ import annotations
 
-import re
+import contextlib
+import shutil
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
-from .cli import InputError, progress as progress_bar
+from .cli import InputError, positive_int, progress as progress_bar, warn
+from .files import replace_dir, temporary_dir
 from .layout import label_path, source_path
 from .raster import RasterInfo, check_image, check_label, check_label_values, write_png
 from .tiling import Tile, class_columns, grid_positions, iter_tiles
@@ -59,9 +66,9 @@ def add_tiling_args(p, source_dir: str, images: list[str], what: str, stride_def
                    help=f"folder under --data_root holding the sources (default: {source_dir})")
     p.add_argument("--images", nargs="+", default=images,
                    help=f"names in --source_dir, or paths to PNGs{label_help} (default: {' '.join(images)})")
-    p.add_argument("--tile_size", type=int, default=512, help=f"{what} side in pixels (default: 512)")
-    p.add_argument("--stride", type=int, default=None, help=f"distance between {what}s (default: {stride_default})")
-    p.add_argument("--workers", type=int, default=2, help=f"threads encoding PNG {what}s (default: 2)")
+    p.add_argument("--tile_size", type=positive_int, default=512, help=f"{what} side in pixels (default: 512)")
+    p.add_argument("--stride", type=positive_int, default=None, help=f"distance between {what}s (default: {stride_default})")
+    p.add_argument("--workers", type=positive_int, default=2, help=f"threads encoding PNG {what}s (default: 2)")
     p.add_argument("--compression", type=int, default=0, choices=range(10), metavar="0-9",
                    help="PNG zlib level of the image tiles: 0 (default) stores them uncompressed, fastest to write "
                         "and to read, about twice the disk of level 1-9; label tiles are always compressed")
@@ -79,16 +86,25 @@ def validate(sources: Sequence[Source], num_classes: int | None = None) -> None:
             s.hist = check_label_values(s.label, num_classes)
 
 
-def remove_stale(folder: Path, image: str, keep: set[str]) -> int:
-    """Delete tiles of ``image`` in ``folder`` that the current run did not write (from an older run)."""
-    pattern = re.compile(re.escape(image) + r"_\d+_\d+\.png")
-    n = 0
-    if folder.is_dir():
-        for p in folder.iterdir():
-            if pattern.fullmatch(p.name) and p.name not in keep:
-                p.unlink()
-                n += 1
-    return n
+@contextlib.contextmanager
+def staged_folders(folders: Sequence[Path]) -> Iterator[list[Path]]:
+    """Yield one empty temporary folder beside each of ``folders`` (``.NAME.XXXXXXXX.part``) to write tiles in.
+
+    When the block completes, each replaces its folder (the old tiles are deleted); on an error (or
+    Ctrl-C) they are deleted and the folders stay as they were. Temporaries of a killed run are deleted
+    by the next one. Disk: the old and the new tiles exist together until the end.
+    """
+    tmps: list[Path] = []
+    try:
+        for folder in folders:
+            tmps.append(temporary_dir(folder))
+        yield tmps
+    except BaseException:
+        for t in tmps:
+            shutil.rmtree(t, ignore_errors=True)
+        raise
+    for t, folder in zip(tmps, folders):
+        replace_dir(t, folder)
 
 
 def cut_source(
@@ -118,18 +134,23 @@ def cut_source(
         label_dir.mkdir(parents=True, exist_ok=True)
     n_tiles = len(grid_positions(info.height, tile, stride)) * len(grid_positions(info.width, tile, stride))
 
+    seen_valid: list[bool] = []  # one True once a tile with a valid pixel was seen (threads append)
+
     def save(t: Tile) -> dict | None:
         valid = t.valid
         n_valid = int(np.count_nonzero(valid))
         if n_valid == 0:
             return None
+        if not seen_valid:
+            seen_valid.append(True)
         counts = np.bincount(t.label.ravel(), minlength=256)[:num_classes] if t.label is not None else None
         if not keep(t, counts):
             return None
         name = t.name
-        write_png(image_dir / name, t.rgba if rgba_out else t.rgba[..., :3], compression)
+        # clean=False: the folder is cleaned once per run, not once per tile
+        write_png(image_dir / name, t.rgba if rgba_out else t.rgba[..., :3], compression, clean=False)
         if label_dir is not None:
-            write_png(label_dir / name, t.label)
+            write_png(label_dir / name, t.label, clean=False)
         row = {"name": name, "image": t.image, "y": t.y, "x": t.x, "size": tile, "valid_pixels": n_valid,
                "height": info.height, "width": info.width}
         if counts is not None:
@@ -152,6 +173,8 @@ def cut_source(
                 f.cancel()
             raise
     bar.close()
+    if not seen_valid:
+        warn(f"{src.image}: no valid pixel (alpha is 255 nowhere): no {'windows' if rgba_out else 'tiles'} written")
     return rows
 
 

@@ -32,7 +32,7 @@ from torch.utils.data import Dataset, Sampler
 from .cli import InputError
 from .raster import IGNORE, read_png
 from .layout import tiles_csv, train_dir, train_tile_dirs
-from .tiling import read_tiles_csv
+from .tiling import BASE_COLUMNS, read_tiles_csv
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -146,9 +146,7 @@ def read_split(data_root: str | os.PathLike, split: str, num_classes: int = 4) -
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     path = tiles_csv(train_dir(data_root))
-    rows = read_tiles_csv(path)
-    if rows and "split" not in rows[0]:
-        raise InputError(f"{path}: no 'split' column (re-run generate_train_data.py)")
+    rows = read_tiles_csv(path, BASE_COLUMNS + ["split"], " (re-run generate_train_data.py)", {"split": SPLITS})
     missing = [f"c{k}" for k in range(num_classes) if rows and f"c{k}" not in rows[0]]
     if missing:
         raise InputError(f"{path}: no class-count column(s) {', '.join(missing)} for --num_classes {num_classes}")

@@ -2,7 +2,7 @@
 ``train_multiscale.py`` and ``Unet_resnet34/train.py``; read top to bottom:
 
 * builders: :func:`check_args`, :func:`build_data`, :func:`build_model`, :func:`build_optimizer` -
-  what a run is made of, each from the flags;
+  what a run is made of, each from the flags; :func:`restore_run_flags` - a resumed run's flags;
 * :func:`evaluate` - confusion matrix (and mean loss) of a model over a loader;
 * :class:`Trainer` - one run: :meth:`~Trainer.train_one_epoch`, :meth:`~Trainer.validate`,
   :meth:`~Trainer.fit` (the epochs, with checkpoints and logs), :meth:`~Trainer.load` (resume);
@@ -41,9 +41,11 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from . import checkpoint as ckpt
-from .cli import InputError, int_list, progress as progress_bar, short
+from .cli import (ArgumentParser, InputError, device_name, nonneg_float, nonneg_int, num_classes_int,
+                  plain_flags, positive_float, positive_int, positive_int_list, progress as progress_bar, ranged,
+                  seed_int, select_device, short, typed_flags)
 from .data import MultiScaleBatchSampler, TileDataset, checked, collate, oversample_weights, shard_indices
-from .files import copy_atomic
+from .files import check_output_dir, copy_atomic
 from .hooks import Hook, SWAHook
 from .layout import checkpoint_path, model_dir, run_name
 from .metrics import ConfusionMatrix
@@ -78,6 +80,8 @@ def check_args(args: argparse.Namespace) -> tuple[list[int], list[int]]:
     if args.batch_sizes:
         batch_sizes = list(args.batch_sizes)
     else:  # equal pixels per batch as the first scale
+        _check(args.batch_size >= 2,
+               f"--batch_size {args.batch_size}: training needs at least 2 images per batch (BatchNorm)")
         batch_sizes = [max(2, int(args.batch_size * (scales[0] / s) ** 2)) for s in scales]
     _check(len(batch_sizes) == len(scales),
            f"--batch_sizes {batch_sizes} needs one entry per --scales entry {scales}")
@@ -89,6 +93,60 @@ def check_args(args: argparse.Namespace) -> tuple[list[int], list[int]]:
     _check(0 < args.scale_min <= args.scale_max,
            f"need 0 < --scale_min <= --scale_max, got {args.scale_min}, {args.scale_max}")
     return scales, batch_sizes
+
+
+#: Flags that a resumed run (``--resume``) may change by typing them again: how long, where files go,
+#: how often it validates and saves, on what hardware. Every other flag shapes the model, the data or
+#: the optimisation, and is taken from the checkpoint (typed again, it must equal the checkpoint's).
+RESUME_MAY_CHANGE = ("epochs", "exp", "data_root", "val_every", "save_every", "workers", "device", "threads",
+                     "amp", "sync_bn", "quiet")
+#: Flags never taken from a checkpoint: they say what this command does.
+_COMMAND_FLAGS = ("train", "resume", "checkpoint")
+
+
+def _same(a, b) -> bool:
+    return ckpt.plain_args({"v": a})["v"] == ckpt.plain_args({"v": b})["v"]
+
+
+def restore_run_flags(args: argparse.Namespace) -> None:
+    """With ``--train --resume CKPT``: take every flag of the run from the checkpoint unless typed again.
+
+    A flag typed again keeps its typed value if it is one of :data:`RESUME_MAY_CHANGE`; any other typed
+    flag must equal the checkpoint's (:class:`InputError` otherwise: it would change the model, the
+    data or the optimisation of a run that is meant to continue). Flags the checkpoint does not know
+    (added since) keep their value. Which flags were typed comes from :func:`cropmap.cli.typed_flags`;
+    a namespace not parsed by :func:`get_args_parser` counts every flag as typed. Runs once per namespace.
+    """
+    if not (args.train and args.resume) or getattr(args, "_restored", False):
+        return
+    saved = ckpt.load_checkpoint(args.resume)["args"]
+    current = plain_flags(args)
+    typed = typed_flags(args)
+    typed = set(current) if typed is None else typed
+    for key, value in saved.items():
+        if key not in current or key in _COMMAND_FLAGS:
+            continue
+        if key not in typed:
+            setattr(args, key, value)
+        elif key not in RESUME_MAY_CHANGE and not _same(current[key], value):
+            raise InputError(f"{args.resume}: the run has --{key} {value}, this command {current[key]}; a resumed "
+                             "run keeps the flags of its model, data and optimisation (see --resume in --help)")
+    args._restored = True
+
+
+#: Single-process training checks the loss every this many iterations (one device sync each); under DDP
+#: the check is at the end of each epoch, on the loss summed over processes, so that all stop together.
+FINITE_CHECK_EVERY = 10
+
+
+def _check_finite(loss_sum: torch.Tensor, epoch: int, iterations: int, amp: bool) -> None:
+    """:class:`InputError` when the summed training loss is NaN or infinite (checked before anything is saved)."""
+    value = float(loss_sum)
+    if not math.isfinite(value):
+        raise InputError(
+            f"epoch {epoch + 1}: the training loss became {value} within {iterations} iteration(s); training "
+            "stopped and nothing of this epoch was saved (earlier checkpoints are kept); try a lower --base_lr"
+            + (" or no --amp" if amp else ""))
 
 
 def seed_everything(seed: int) -> None:
@@ -140,7 +198,8 @@ def build_model(args: argparse.Namespace, device: torch.device, world_size: int 
     from models import build_model as build
 
     try:
-        model = build(args.model, args.backbone, args.num_classes, args.pretrained, args.output_stride,
+        pretrained = None if args.resume else args.pretrained  # resumed: the weights come from the checkpoint
+        model = build(args.model, args.backbone, args.num_classes, pretrained, args.output_stride,
                       aux=args.aux_weight > 0)
     except (ValueError, FileNotFoundError) as e:
         raise InputError(str(e)) from None
@@ -181,14 +240,8 @@ def init_distributed(device_arg: str | None) -> tuple[int, int, torch.device]:
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    name = device_arg or ("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise InputError(f"--device {name!r}: not a device name (expected cuda, cuda:N or cpu)") from None
+    device = select_device(device_arg)  # the one --device rule: spelling, and CUDA present
     if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise InputError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
         if world_size > 1:
             device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
@@ -276,6 +329,7 @@ class Trainer:
         self.args = args
         self.hooks = list(hooks)
         self.scales, self.batch_sizes = check_args(args)
+        check_output_dir(model_dir(args.data_root))  # before any work, not at the first save
         if args.threads:
             torch.set_num_threads(args.threads)
         self.rank, self.world_size, self.device = init_distributed(args.device)
@@ -351,6 +405,8 @@ class Trainer:
             loss_sum += loss
             images_seen += images.shape[0]
             steps += 1
+            if self.world_size == 1 and steps % FINITE_CHECK_EVERY == 0:
+                _check_finite(loss_sum, epoch, steps, self.amp_dtype is not None)
             for h in self.hooks:
                 h.on_iteration_end(self, epoch, i, loss)
             bar.update(1)
@@ -362,6 +418,7 @@ class Trainer:
             dist.all_reduce(loss_sum)
             steps *= self.world_size
             images_seen *= self.world_size
+        _check_finite(loss_sum, epoch, steps // self.world_size, self.amp_dtype is not None)
         return {
             "train_loss": float(loss_sum) / max(steps, 1),
             "train_images_per_s": images_seen / max(seconds, 1e-9),
@@ -440,7 +497,7 @@ class Trainer:
     def save(self, epoch: int, eval_model: nn.Module, metrics: dict, improved: bool, last: bool) -> None:
         """Write ``_last.pth`` after ``epoch`` (0-based), and copy it to ``_epoch{N}.pth`` / ``_best.pth`` when due."""
         state = ckpt.training_state(
-            model=eval_model, args=self.args, epoch=epoch + 1, optimizer=self.optimizer, metrics=metrics,
+            model=eval_model, args=plain_flags(self.args), epoch=epoch + 1, optimizer=self.optimizer, metrics=metrics,
             scheduler=self.scheduler, scaler=self.scaler, hooks={h.name: h.state_dict() for h in self.hooks},
             best_miou=self.best_miou, history=self.history, train_model=self.model)
         args = vars(self.args)
@@ -517,6 +574,7 @@ def main(args: argparse.Namespace, hooks: Iterable[Hook] | None = None) -> dict:
     otherwise evaluate a checkpoint."""
     if not args.train:
         return evaluate_checkpoint(args)
+    restore_run_flags(args)  # before the SWA defaults are resolved: a resumed run's come from its checkpoint
     hooks = list(hooks or [])
     if args.swa:
         hooks.append(swa_hook(args))
@@ -535,7 +593,7 @@ def main(args: argparse.Namespace, hooks: Iterable[Hook] | None = None) -> dict:
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     """Flags common to every training script (defaults: the original ``train.py``)."""
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(  # records which flags were typed, for --resume
         description="Train a segmentation model on the tiles of DATA_ROOT/train/tiles.csv "
         "(without --train: evaluate a checkpoint on the validation tiles).",
         add_help=add_help,
@@ -544,15 +602,19 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--train", action="store_true", help="train (without it: evaluate a checkpoint on the validation split)")
     g.add_argument("--exp", default="bn_lr7e-3", help="experiment name, part of checkpoint and log names (default: bn_lr7e-3)")
     g.add_argument("--data_root", default="data", help="data root holding train/tiles.csv and model/ (default: data)")
-    g.add_argument("--epochs", type=int, default=20, help="number of epochs (default: 20)")
-    g.add_argument("--iters_per_epoch", type=int, default=None,
+    g.add_argument("--epochs", type=positive_int, default=20, help="number of epochs (default: 20)")
+    g.add_argument("--iters_per_epoch", type=positive_int, default=None,
                    help="cap on iterations per epoch, for quick runs (default: one pass over the training tiles)")
-    g.add_argument("--resume", default=None, help="checkpoint to resume training from (e.g. DATA_ROOT/model/..._last.pth)")
+    g.add_argument("--resume", default=None,
+                   help="checkpoint to resume training from (e.g. DATA_ROOT/model/..._last.pth): every flag is taken "
+                   "from it unless typed again; typed again, only "
+                   + ", ".join(f"--{k}" for k in RESUME_MAY_CHANGE)
+                   + " may differ from the checkpoint's (--epochs to extend the run)"),
     g.add_argument("--checkpoint", default=None,
                    help="checkpoint to evaluate without --train (default: --resume if given, else the run's _best.pth)")
-    g.add_argument("--seed", type=int, default=0, help="random seed of initialisation, tile order and augmentation (default: 0)")
-    g.add_argument("--val_every", type=int, default=1, help="validate every N epochs and at the last one (default: 1)")
-    g.add_argument("--save_every", type=int, default=5,
+    g.add_argument("--seed", type=seed_int, default=0, help="random seed of initialisation, tile order and augmentation (default: 0)")
+    g.add_argument("--val_every", type=nonneg_int, default=1, help="validate every N epochs and at the last one (default: 1)")
+    g.add_argument("--save_every", type=nonneg_int, default=5,
                    help="keep an _epoch{N}.pth every N epochs and at the last one; _last.pth is written every epoch (default: 5)")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -560,49 +622,51 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--model", default="deeplabv3", help="deeplabv3 or unet (default: deeplabv3)")
     g.add_argument("--backbone", default="resnet50",
                    help="deeplabv3: resnet18/34/50/101; unet: resnet34/50 (default: resnet50)")
-    g.add_argument("--num_classes", type=int, default=4, help="number of classes, labels 0..N-1 (default: 4)")
-    g.add_argument("--output_stride", type=int, default=16, help="deeplabv3 output stride, 8 or 16 (default: 16)")
+    g.add_argument("--num_classes", type=num_classes_int, default=4, help="number of classes, labels 0..N-1 (default: 4)")
+    g.add_argument("--output_stride", type=int, choices=(8, 16), default=16, help="deeplabv3 output stride, 8 or 16 (default: 16)")
     g.add_argument("--pretrained", default=None,
                    help="encoder weights: 'imagenet' (needs internet) or a local torchvision ResNet .pth (default: none)")
     g.add_argument("--loss", default="ce", help="ce, focal, lovasz or focal+lovasz (default: ce)")
-    g.add_argument("--aux_weight", type=float, default=0.2,
+    g.add_argument("--aux_weight", type=nonneg_float, default=0.2,
                    help="weight of the auxiliary head's loss; 0 builds no auxiliary head (default: 0.2)")
 
     g = p.add_argument_group("optimisation")
-    g.add_argument("--base_lr", type=float, default=0.007, help="SGD learning rate of the backbone (default: 0.007)")
-    g.add_argument("--last_mult", type=float, default=1.0, help="learning-rate multiplier of the head (default: 1.0)")
-    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default: 0.9)")
-    g.add_argument("--weight_decay", type=float, default=1e-4, help="SGD weight decay (default: 1e-4)")
-    g.add_argument("--poly_power", type=float, default=0.9,
+    g.add_argument("--base_lr", type=positive_float, default=0.007, help="SGD learning rate of the backbone (default: 0.007)")
+    g.add_argument("--last_mult", type=nonneg_float, default=1.0, help="learning-rate multiplier of the head (default: 1.0)")
+    g.add_argument("--momentum", type=ranged(float, 0, 1, high_open=True), default=0.9,
+                   help="SGD momentum, 0 to below 1 (default: 0.9)")
+    g.add_argument("--weight_decay", type=nonneg_float, default=1e-4, help="SGD weight decay (default: 1e-4)")
+    g.add_argument("--poly_power", type=nonneg_float, default=0.9,
                    help="poly decay lr = base_lr * (1 - iter / total_iters) ** power, per iteration (default: 0.9)")
 
     g = p.add_argument_group("data")
-    g.add_argument("--batch_size", type=int, default=8, help="images per iteration and process (default: 8)")
-    g.add_argument("--crop_size", type=int, default=512, help="training crop side, a multiple of 32 (default: 512)")
-    g.add_argument("--scales", type=int_list, default=None,
+    g.add_argument("--batch_size", type=positive_int, default=8,
+                   help="images per iteration and process, at least 2 in training (default: 8)")
+    g.add_argument("--crop_size", type=positive_int, default=512, help="training crop side, a multiple of 32 (default: 512)")
+    g.add_argument("--scales", type=positive_int_list, default=None,
                    help="crop sides that successive batches cycle through, e.g. 512,448 (default: --crop_size only)")
-    g.add_argument("--batch_sizes", type=int_list, default=None,
+    g.add_argument("--batch_sizes", type=positive_int_list, default=None,
                    help="batch size per --scales entry (default: --batch_size scaled to equal pixels per batch)")
-    g.add_argument("--scale_min", type=float, default=0.5, help="smallest random rescale of a tile (default: 0.5)")
-    g.add_argument("--scale_max", type=float, default=2.0, help="largest random rescale of a tile (default: 2.0)")
-    g.add_argument("--oversample", type=float, default=0.0,
+    g.add_argument("--scale_min", type=positive_float, default=0.5, help="smallest random rescale of a tile (default: 0.5)")
+    g.add_argument("--scale_max", type=positive_float, default=2.0, help="largest random rescale of a tile (default: 2.0)")
+    g.add_argument("--oversample", type=nonneg_float, default=0.0,
                    help="rare-class oversampling power p: a class of pixel share f weighs f**-p (0: off, 1: balanced; default: 0)")
-    g.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+    g.add_argument("--workers", type=nonneg_int, default=min(4, os.cpu_count() or 1),
                    help="data loading processes (default: min(4, CPU count))")
 
     g = p.add_argument_group("stochastic weight averaging (on in train_swa.py)")
     g.add_argument("--swa", action="store_true",
                    help="average the weights of the last epochs (torch.optim.swa_utils) and save the average")
-    g.add_argument("--swa_start", type=int, default=None,
+    g.add_argument("--swa_start", type=positive_int, default=None,
                    help="first epoch (1-based) whose weights are averaged (default: 3/4 of --epochs, rounded up)")
-    g.add_argument("--swa_lr", type=float, default=None, help="learning rate of the SWA phase (default: --base_lr / 10)")
-    g.add_argument("--swa_anneal_epochs", type=int, default=2, help="epochs of cosine annealing to --swa_lr (default: 2)")
+    g.add_argument("--swa_lr", type=positive_float, default=None, help="learning rate of the SWA phase (default: --base_lr / 10)")
+    g.add_argument("--swa_anneal_epochs", type=nonneg_int, default=2, help="epochs of cosine annealing to --swa_lr (default: 2)")
 
     g = p.add_argument_group("hardware")
-    g.add_argument("--device", default=None,
+    g.add_argument("--device", type=device_name, default=None,
                    help="cuda, cuda:N or cpu (default: cuda when available, else cpu); on CUDA channels_last and "
                    "cudnn.benchmark are on")
-    g.add_argument("--threads", type=int, default=None,
+    g.add_argument("--threads", type=positive_int, default=None,
                    help="CPU threads of each training process (default: PyTorch's choice; 1 is faster on a busy machine)")
     g.add_argument("--amp", action="store_true",
                    help="mixed precision: bf16 where supported, else fp16 with a gradient scaler")

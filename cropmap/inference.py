@@ -194,7 +194,12 @@ def image_geometry(rows: Sequence[dict], image: str) -> tuple[int, int, int]:
     keys = {(int(r["height"]), int(r["width"]), int(r["size"])) for r in rows}
     if len(keys) != 1:
         raise InputError(f"tiles.csv: windows of {image} disagree on height/width/size: {sorted(keys)}")
-    return keys.pop()
+    height, width, tile = keys.pop()
+    outside = next((r for r in rows if int(r["y"]) >= height or int(r["x"]) >= width), None)
+    if outside is not None:
+        raise InputError(f"tiles.csv: window {outside['name']} (y {outside['y']}, x {outside['x']}) starts outside "
+                         f"its image {image} ({height}x{width})")
+    return height, width, tile
 
 
 def predict_image(
@@ -229,7 +234,7 @@ def predict_image(
         ``{"map": path, "windows": n, "num_classes": C, "probs": [paths], "preview": path or None}``.
     Every file is written under a temporary name and renamed when complete.
     """
-    height, width, tile = image_geometry(rows, Path(map_path).stem)
+    height, width, tile = image_geometry(rows, rows[0]["image"] if rows else Path(map_path).stem)
     rows = sorted(rows, key=lambda r: (int(r["y"]), int(r["x"])))
     missing = [r["name"] for r in rows if not os.path.isfile(os.path.join(tile_dir, r["name"]))]
     if missing:

@@ -123,15 +123,72 @@ def write_tiles_csv(path: str | os.PathLike, rows: Sequence[dict], columns: Sequ
         w.writerows(rows)
 
 
-def read_tiles_csv(path: str | os.PathLike) -> list[dict]:
-    """Read ``tiles.csv`` into dicts; integer columns (coordinates, sizes, counts) become ``int``."""
+def is_plain_name(name: str) -> bool:
+    """True for a bare file name (no folder part, not ``.``/``..``): what ``tiles.csv`` may name."""
+    return (bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name
+            and "\x00" not in name and Path(name).name == name)
+
+
+#: columns whose values must be > 0 (the others of :data:`INT_COLUMNS` and the class counts: >= 0)
+POSITIVE_COLUMNS = {"size", "height", "width"}
+
+
+def _check_row(r: dict, path: Path, line: int, n_fields: int, choices: dict) -> dict:
+    """Convert and check one ``tiles.csv`` row (see :func:`read_tiles_csv`)."""
+    if None in r:
+        raise InputError(f"{path}, line {line}: more fields than the header's {n_fields}")
+    for k, v in r.items():
+        if v is None:
+            raise InputError(f"{path}, line {line}: fewer fields than the header (no value of column '{k}')")
+        if k in INT_COLUMNS or (k.startswith("c") and k[1:].isdigit()):
+            try:
+                value = int(v)
+            except ValueError:
+                raise InputError(f"{path}, line {line}, column '{k}': {v!r} is not a whole number") from None
+            low = 1 if k in POSITIVE_COLUMNS else 0
+            if value < low:
+                raise InputError(f"{path}, line {line}, column '{k}': {value} is below {low}")
+            r[k] = value
+    for k, allowed in choices.items():
+        if k in r and r[k] not in allowed:
+            raise InputError(f"{path}, line {line}, column '{k}': {r[k]!r} is not one of {', '.join(allowed)}")
+    if "name" in r and not is_plain_name(r["name"]):
+        raise InputError(f"{path}, line {line}, column 'name': {r['name']!r} is not a plain file name "
+                         "(tiles are named by their file name inside their folder)")
+    return r
+
+
+def read_tiles_csv(path: str | os.PathLike, required: Sequence[str] = BASE_COLUMNS, hint: str = "",
+                   choices: dict[str, Sequence[str]] | None = None) -> list[dict]:
+    """Read ``tiles.csv`` into dicts; integer columns (coordinates, sizes, counts) become ``int``.
+
+    Refused with one :class:`InputError` line naming the file, line and column: a missing file, a
+    column of ``required`` missing from the header (``hint`` is added to that message), a row with
+    more or fewer fields than the header, a coordinate, size or count that is not a whole number
+    ``>= 0`` (sizes ``>= 1``), a value of a column of ``choices`` not among its choices, and a ``name``
+    that is not a plain file name (a path, ``..``): tiles are only ever read from their own folder.
+    """
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: file not found (run the tiling script first)")
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    for r in rows:
-        for k, v in r.items():
-            if k in INT_COLUMNS or (k.startswith("c") and k[1:].isdigit()):
-                r[k] = int(v)
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder, expected a tiles.csv file")
+    line = 1
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            fields = reader.fieldnames
+            if not fields:
+                raise InputError(f"{path}: empty file (expected the header {','.join(required)},...)")
+            for col in required:
+                if col not in fields:
+                    raise InputError(f"{path}: no '{col}' column{hint}")
+            rows = []
+            for r in reader:
+                line = reader.line_num
+                rows.append(_check_row(r, path, line, len(fields), choices or {}))
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: not a text file (tiles.csv is UTF-8 text)") from None
+    except csv.Error as e:
+        raise InputError(f"{path}, line {line}: malformed CSV ({e})") from None
     return rows

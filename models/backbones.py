@@ -117,6 +117,34 @@ def load_resnet_state_dict_(
     resnet.load_state_dict(filtered, strict=False)
 
 
+def _fetch_imagenet(weights, backbone: str) -> None:
+    """Download torchvision's ImageNet weights into torch hub's cache unless they are there.
+
+    Raises ``FileNotFoundError`` with one line (the reason, and how to pass a local file instead) when the
+    download fails, e.g. without internet. Nothing is printed before the download starts (torch hub's own
+    loader prints a "Downloading" line first), so a failure is that one line.
+    """
+    import re
+    from urllib.parse import urlparse
+
+    from torch.hub import download_url_to_file, get_dir
+
+    name = os.path.basename(urlparse(weights.url).path)
+    cached = os.path.join(get_dir(), "checkpoints", name)
+    if os.path.isfile(cached):
+        return
+    os.makedirs(os.path.dirname(cached), exist_ok=True)
+    match = re.search(r"-([a-f0-9]+)\.", name)  # torch hub's convention: the file name holds a sha256 prefix
+    try:
+        download_url_to_file(weights.url, cached, match.group(1) if match else None, progress=True)
+    except Exception as exc:  # URLError, timeouts, HTTP errors, hash mismatch
+        reason = getattr(exc, "reason", None) or exc
+        raise FileNotFoundError(
+            f"--pretrained imagenet: downloading torchvision's {backbone} weights failed ({str(reason)[:80]}); "
+            f"without internet, fetch {weights.url} once elsewhere and pass the file: --pretrained PATH/{name}"
+        ) from None
+
+
 def make_resnet(
     backbone: str,
     pretrained: str | os.PathLike | None = None,
@@ -144,7 +172,8 @@ def make_resnet(
     if pretrained is not None:
         if str(pretrained) == "imagenet":
             weights = torchvision.models.get_model_weights(backbone).IMAGENET1K_V1
-            state = weights.get_state_dict(progress=True)
+            _fetch_imagenet(weights, backbone)
+            state = weights.get_state_dict(progress=False)  # from torch hub's cache now
             source = f"torchvision {backbone} IMAGENET1K_V1 weights"
         else:
             path = os.fspath(pretrained)
