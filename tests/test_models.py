@@ -237,7 +237,7 @@ def test_pretrained_mismatch_and_missing_file(tmp_path):
         build_model("unet", "resnet34", pretrained=str(tmp_path / "nothere.pth"))
 
 
-def test_pretrained_imagenet_goes_through_torchvision_weights(monkeypatch):
+def test_pretrained_imagenet_goes_through_torchvision_weights(monkeypatch, tmp_path):
     """'imagenet' asks torchvision's IMAGENET1K_V1 weights (faked here: tests never download)."""
     state = _randomised_resnet_state("resnet18", 5)
     requested = []
@@ -246,7 +246,11 @@ def test_pretrained_imagenet_goes_through_torchvision_weights(monkeypatch):
         requested.append(self)
         return state
 
+    fetched = []
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty cache: the weights are "downloaded"
+    monkeypatch.setattr(torch.hub, "download_url_to_file", lambda url, dst, *a, **k: fetched.append(url))
     monkeypatch.setattr(torchvision.models.ResNet18_Weights, "get_state_dict", fake_get_state_dict)
     model = build_model("deeplabv3", "resnet18", pretrained="imagenet", aux=False)
     assert requested == [torchvision.models.ResNet18_Weights.IMAGENET1K_V1]
+    assert fetched == [torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url]
     assert torch.equal(model.backbone.state_dict()["layer2.0.conv1.weight"], state["layer2.0.conv1.weight"])

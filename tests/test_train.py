@@ -203,7 +203,7 @@ def test_user_errors_are_one_line(tmp_path, tiles, capsys):
         ckpt.find_best(tmp_path)
     bad = tmp_path / "bad.pth"
     bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(InputError, match="bad.pth: cannot load checkpoint"):
+    with pytest.raises(InputError, match="bad.pth: not a PyTorch checkpoint"):
         ckpt.load_model(bad)
 
 
