@@ -104,6 +104,31 @@ def test_resume_continues_the_run_without_retyping(tiles, tmp_path, capfd):
 # ---- 2. every numeric flag is range-checked at parse time; NaN losses stop training ------------
 
 
+def test_range_types():
+    import argparse
+
+    for kind, good, bad in [
+        (cli.positive_int, ["1", "512"], ["0", "-1", "1.5", "x", ""]),
+        (cli.nonneg_int, ["0", "7"], ["-1", "nan"]),
+        (cli.seed_int, ["0", str(2**32 - 1)], ["-1", str(2**32)]),
+        (cli.num_classes_int, ["2", "255"], ["1", "256"]),
+        (cli.positive_float, ["1e-9", "0.5"], ["0", "-0.1", "nan", "inf"]),
+        (cli.nonneg_float, ["0", "3"], ["-1e-9", "nan", "-inf"]),
+        (cli.finite_float, ["-3.5", "0"], ["nan", "inf", "x"]),
+        (cli.fraction, ["0", "1", "0.25"], ["1.01", "-0.01", "nan"]),
+        (cli.ranged(float, 0, 1, high_open=True), ["0", "0.99"], ["1", "1.5"]),
+        (cli.positive_int_list, ["512,448", "32"], ["512,0", "", "a,b"]),
+    ]:
+        for text in good:
+            kind(text)
+        for text in bad:
+            with pytest.raises(argparse.ArgumentTypeError, match=f"got {text!r}"):
+                kind(text)
+    assert cli.positive_int("12") == 12 and cli.fraction("0.5") == 0.5
+    with pytest.raises(argparse.ArgumentTypeError, match=r"expected a number in \[0, 1\), got '1'"):
+        cli.ranged(float, 0, 1, high_open=True)("1")
+
+
 @pytest.mark.parametrize("module,argv,flag", [
     ("train", ["--batch_size", "0"], "--batch_size"),
     ("train", ["--batch_size", "-3"], "--batch_size"),

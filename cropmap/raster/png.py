@@ -305,7 +305,11 @@ class StripWriter:
         self.width, self.height, self.channels = int(width), int(height), int(channels)
         self.rows_written = 0
         self._tmp = temporary_path(self.path)
-        self._f = open(self._tmp, "wb")
+        try:
+            self._f = open(self._tmp, "wb")
+        except BaseException:
+            self._tmp.unlink(missing_ok=True)
+            raise
         self._z = zlib.compressobj(int(compression))
         color = {1: 0, 3: 2, 4: 6}[channels]
         ihdr = struct.pack(">IIBBBBB", self.width, self.height, 8, color, 0, 0, 0)
