@@ -4,7 +4,8 @@
     python predict.py --checkpoint data/model/x_best.pth --name deeplabv3 --tta d4 --save_probs
 
 Reads ``{data_root}/test/tiles.csv`` and the windows written by ``generate_test_data.py``; writes
-``{output_dir}/{image}_predict.png`` (or ``{image}_predict_{name}.png`` with ``--name``, for voting),
+``{output_dir}/{image}_predict.png`` (or ``{image}_predict_{name}.png`` with ``--name``, for voting;
+``.tif`` with the source's CRS and transform when the source is a GeoTIFF, or with ``--format tif``),
 a colour preview ``..._preview.png`` beside it and, with ``--save_probs``, per-class probabilities
 ``..._prob{c}.png`` (uint8, 255 = 1.0) for ``vote.py --soft``.
 """
@@ -19,7 +20,9 @@ import torch
 
 from cropmap.cli import add_map_args, run_cli
 from cropmap.inference import TTA_MODES, predict_image
-from cropmap.layout import map_path, model_dir, preview_path, submit_dir, windows_dir, window_folder, tiles_csv
+from cropmap.layout import (TEST_SOURCE_DIR, map_path, map_suffix, model_dir, preview_path, source_path, submit_dir,
+                            tiles_csv, window_folder, windows_dir)
+from cropmap.raster import check_image
 from cropmap.stitch import BLEND_MODES
 from cropmap.tiling import read_tiles_csv
 
@@ -74,9 +77,12 @@ def main(args: argparse.Namespace) -> list[dict]:
     windows = windows_dir(args.data_root)
     all_rows = read_tiles_csv(tiles_csv(windows))
     results = []
-    for image in args.images:
+    for entry in args.images:
+        source = source_path(args.data_root, TEST_SOURCE_DIR, entry)  # a name, or the path of the source
+        image = source.stem
+        like = check_image(source) if source.is_file() else None  # the map keeps its georeferencing
         rows = [r for r in all_rows if r["image"] == image]
-        out = map_path(output_dir, image, args.name)
+        out = map_path(output_dir, image, args.name, map_suffix(source, args.format))
         start = time.perf_counter()
         res = predict_image(
             model,
@@ -93,6 +99,7 @@ def main(args: argparse.Namespace) -> list[dict]:
             preview_path=preview_path(out) if args.preview_size > 0 else None,
             preview_size=max(args.preview_size, 1),
             progress=not args.quiet,
+            like=like,
         )
         took = time.perf_counter() - start
         print(f"{image}: {res['windows']} windows in {took:.1f} s -> {res['map']}")
