@@ -56,9 +56,9 @@ def main(args: argparse.Namespace) -> list[Path]:
             path = map_path(out_dir, im, suffix=map_suffix(source, args.format))
             jobs.append((path, source, path))
     done = []
-    for map_path, source, output in jobs:
+    for map_file, source, output in jobs:
         fill_map(
-            map_path,
+            map_file,
             source,
             output,
             method=args.method,
@@ -70,7 +70,7 @@ def main(args: argparse.Namespace) -> list[Path]:
             band_rows=args.band_rows,
             progress=not args.quiet,
         )
-        print(f"{map_path} -> {output} ({args.method})")
+        print(f"{map_file} -> {output} ({args.method})")
         done.append(output)
     return done
 

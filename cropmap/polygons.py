@@ -420,7 +420,8 @@ def polygonize_map(
     transform = georef.transform if georef is not None else (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
     if georef is None:
         log(f"note: {path} has no georeferencing: polygons are in pixel coordinates (x = column, y = row from "
-            "the top), without a CRS; areas in pixels")
+            "the top), without a CRS; areas in pixels" + (" (GeoJSON readers take such coordinates for WGS 84 "
+                                                          "degrees: .gpkg keeps them CRS-less)" if driver == "GeoJSON" else ""))
     elif crs is None:
         log(f"note: {path} has a transform but no CRS: polygons are in its units, without a CRS; areas in pixels")
     geographic = crs is not None and crs.is_geographic
