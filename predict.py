@@ -7,7 +7,8 @@ Reads ``{data_root}/test/tiles.csv`` and the windows written by ``generate_test_
 ``{output_dir}/{image}_predict.png`` (or ``{image}_predict_{name}.png`` with ``--name``, for voting;
 ``.tif`` with the source's CRS and transform when the source is a GeoTIFF, or with ``--format tif``),
 a colour preview ``..._preview.png`` beside it and, with ``--save_probs``, per-class probabilities
-``..._prob{c}.png`` (uint8, 255 = 1.0) for ``vote.py --soft``.
+``..._prob{c}.png`` (uint8, 255 = 1.0) for ``vote.py --soft``. ``--images`` takes names of the layout or
+paths of the sources (PNG or GeoTIFF; the windows are those of the file's stem).
 """
 
 from __future__ import annotations

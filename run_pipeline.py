@@ -7,8 +7,9 @@ Each step is the documented script with its documented flags, run as a subproces
 printed, so any step can be rerun by hand). On your own imagery: RGBA (alpha 0 = no data) or RGB PNGs,
 or GeoTIFFs (8-bit, 3-4 bands, no data from an alpha band, mask or nodata value), each training image
 with its label ``NAME_label.png`` (``NAME_label.tif``) beside it (0..num_classes-1, 255 ignored); test
-images may have one too, for scoring. Maps of GeoTIFF test images are GeoTIFFs with their georeferencing. At the end one table gives mIoU and per-class IoU after each
-stage, computed from the maps by score.py.
+images may have one too, for scoring. Maps of GeoTIFF test images are GeoTIFFs with their
+georeferencing. At the end one table gives mIoU and per-class IoU after each stage, computed from the
+maps by score.py.
 """
 
 from __future__ import annotations
@@ -106,7 +107,7 @@ def main(args: argparse.Namespace) -> list[dict]:
     test_images = [Path(p).resolve() for p in args.test_images] if args.test_images else \
         [source_path(root, TEST_SOURCE_DIR, name) for name in DEFAULT_TEST_IMAGES]
     names = [p.stem for p in test_images]
-    suffix = {p.stem: map_suffix(p) for p in test_images}  # GeoTIFF sources get GeoTIFF maps
+    map_ext = {p.stem: map_suffix(p) for p in test_images}  # GeoTIFF sources get GeoTIFF maps
     tile = str(args.tile_size)
 
     run(["generate_train_data.py", "--data_root", str(root), "--images", *train_images, "--tile_size", tile,
@@ -137,7 +138,7 @@ def main(args: argparse.Namespace) -> list[dict]:
                  "--save_every", str(epochs), "--crop_size", str(crop)])
 
     submit = submit_dir(root)
-    pred = lambda image, stage: map_path(submit, image, stage, suffix[image])  # noqa: E731
+    pred = lambda image, stage: map_path(submit, image, stage, map_ext[image])  # noqa: E731
     predict = ["predict.py", "--output_dir", str(submit), *device, *q]
     first = MODELS[0][0]
     sources = [str(p) for p in test_images]  # predict.py finds the windows by the stem, the georeferencing in the file
@@ -152,7 +153,7 @@ def main(args: argparse.Namespace) -> list[dict]:
         run(["vote.py", "--inputs", *(str(pred(image, m)) for m, *_ in MODELS), "--output", str(pred(image, "vote")),
              "--num_classes", str(args.num_classes)])
         run(["fill_hole.py", "--input", str(pred(image, "vote")), "--source", str(src),
-             "--output", str(map_path(submit, image, suffix=suffix[image])), "--max_hole", str(args.max_hole),
+             "--output", str(map_path(submit, image, suffix=map_ext[image])), "--max_hole", str(args.max_hole),
              "--num_classes", str(args.num_classes)])
 
     stages = [("plain stitching (original's way)", "plain"), *((f"{m} (blended)", m) for m, *_ in MODELS),
@@ -165,7 +166,7 @@ def main(args: argparse.Namespace) -> list[dict]:
     for title, stage in stages:
         total = np.zeros((args.num_classes, args.num_classes), np.int64)
         for image, src in labelled:
-            path = map_path(submit, image, suffix=suffix[image]) if stage is None else pred(image, stage)
+            path = map_path(submit, image, suffix=map_ext[image]) if stage is None else pred(image, stage)
             out = submit / "scores" / f"{path.stem}.json"
             out.parent.mkdir(parents=True, exist_ok=True)
             run(["score.py", "--pred", str(path), "--label", str(label_path(src)),

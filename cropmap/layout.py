@@ -136,7 +136,8 @@ def map_suffix(source: str | os.PathLike | None, fmt: str | None = None) -> str:
     else the source's own format (a GeoTIFF source gets GeoTIFF maps, anything else PNG)."""
     if fmt:
         return MAP_FORMATS[fmt]
-    return MAP_FORMATS["tif"] if source is not None and Path(source).suffix.lower() in (".tif", ".tiff") else MAP_FORMATS["png"]
+    geotiff = source is not None and Path(source).suffix.lower() in (".tif", ".tiff")
+    return MAP_FORMATS["tif" if geotiff else "png"]
 
 
 def map_path(folder: str | os.PathLike, image: str, name: str | None = None, suffix: str = ".png") -> Path:

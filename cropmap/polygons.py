@@ -6,13 +6,14 @@ it (:func:`_crack_rings`: the edges of a boundary pixel between where the ring e
 leaves, from the directions of the chain's steps), so rings run exactly along pixel edges and a polygon's
 area is its pixel count. OpenCV joins diagonal neighbours; where it did, a ring touches itself at a pixel
 corner and is split there (``shapely.make_valid``), so every polygon is one 4-connected region, as
-``rasterio.features.shapes`` (GDAL) gives it, at several times GDAL's speed.
+``rasterio.features.shapes`` (GDAL) gives it, in less than half the time (bench/geotiff.py).
 
 Merging (:class:`Polygonizer`): the map is read in bands of full rows. A polygon cut by the bottom edge of
 a band is held; pieces that meet across the cut (the same class in the pixels just above and below) are
 joined (union-find, then one shapely union per region), so each region comes out once, whole. A region
-is finished as soon as none of its pieces reaches the last cut. Memory: one band (its doubled class mask
-for OpenCV) and the pieces of the regions still open, whatever the map's height.
+is finished as soon as none of its pieces reaches the last cut. Memory: two bands (the next one is decoded
+in a thread meanwhile), a class mask and OpenCV's copy of it, and the pieces of the regions still open,
+whatever the map's height.
 
 Coordinates stay in pixels (exact integers) until a region is finished, then go through the map's
 transform. Areas: pixels times the pixel area in a projected CRS; in a geographic CRS the polygons are
@@ -23,9 +24,9 @@ from __future__ import annotations
 
 import os
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator, Sequence
 
 import cv2
@@ -37,7 +38,7 @@ from .raster import RasterInfo, check_map, check_map_values, open_reader
 
 #: Output drivers by file suffix.
 DRIVERS = {".gpkg": "GPKG", ".geojson": "GeoJSON", ".json": "GeoJSON"}
-#: Pixels per band: the band, its doubled class mask (4 bytes per pixel) and OpenCV's work stay well under 1 GB.
+#: Pixels per band: two bands, a class mask and OpenCV's work on it stay well under 1 GB (16 Mpixel: ~100 MB).
 BAND_PIXELS = 1 << 24
 #: Polygons written at a time (each write opens and closes the file).
 BATCH = 50_000
@@ -419,9 +420,9 @@ def polygonize_map(
     crs = georef.crs if georef is not None else None
     transform = georef.transform if georef is not None else (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
     if georef is None:
+        hint = " (GeoJSON readers take such coordinates for WGS 84 degrees: .gpkg keeps them CRS-less)"
         log(f"note: {path} has no georeferencing: polygons are in pixel coordinates (x = column, y = row from "
-            "the top), without a CRS; areas in pixels" + (" (GeoJSON readers take such coordinates for WGS 84 "
-                                                          "degrees: .gpkg keeps them CRS-less)" if driver == "GeoJSON" else ""))
+            "the top), without a CRS; areas in pixels" + (hint if driver == "GeoJSON" else ""))
     elif crs is None:
         log(f"note: {path} has a transform but no CRS: polygons are in its units, without a CRS; areas in pixels")
     geographic = crs is not None and crs.is_geographic
