@@ -8,7 +8,9 @@ morph (default): a 4-connected region of class-0 valid pixels that touches neith
 no-data, whose every neighbouring pixel is one class c and whose area is at most --max_hole, becomes c.
 With --min_area, islands of a crop class smaller than that then become the one class around them.
 square: windows of 500 then 400 px every 50 px; where all four borders of a window carry one class v,
-its class-0 pixels become v. No-data pixels (alpha != 255 in the source) stay 0 in both.
+its class-0 pixels become v. No-data pixels (not valid in the source: alpha, mask or nodata value) stay 0
+in both. Maps may be PNG or GeoTIFF (``IMAGE_predict.tif`` for a GeoTIFF source); a GeoTIFF output keeps
+the georeferencing of the map (or, if it has none, of the source).
 """
 
 from __future__ import annotations
@@ -19,16 +21,18 @@ from pathlib import Path
 
 from cropmap.cli import InputError, add_map_args, nonneg_int, positive_int, run_cli
 from cropmap.files import check_output_file
-from cropmap.layout import map_path, submit_dir, predict_source
+from cropmap.layout import map_path, map_suffix, predict_source, submit_dir
 from cropmap.postprocess import FILL_METHODS, fill_map
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Fill enclosed holes in predicted maps", add_help=add_help)
     add_map_args(p, "whose maps to fill when --input is not given")
-    p.add_argument("--input", default=None, help="one map to fill (default: OUTPUT_DIR/IMAGE_predict.png for each of --images)")
+    p.add_argument("--input", default=None,
+                   help="one map to fill (default: OUTPUT_DIR/IMAGE_predict.png, or .tif, for each of --images)")
     p.add_argument("--output", default=None, help="where the filled map goes (default: replace the input once complete)")
-    p.add_argument("--source", default=None, help="the source image of --input, for its no-data mask (required with --input)")
+    p.add_argument("--source", default=None,
+                   help="the source image (PNG or GeoTIFF) of --input, for its no-data mask (required with --input)")
     p.add_argument("--method", default="morph", choices=FILL_METHODS, help="morph (enclosed regions) or square (the original's rule) (default: morph)")
     p.add_argument("--max_hole", type=nonneg_int, default=250_000, help="morph: largest hole area filled, in pixels (default: 250000, a 500x500 square)")
     p.add_argument("--min_area", type=nonneg_int, default=0, help="morph: crop islands smaller than this many pixels take the class around them (default: 0, off)")
@@ -47,7 +51,11 @@ def main(args: argparse.Namespace) -> list[Path]:
         jobs = [(Path(args.input), Path(args.source), Path(args.output or args.input))]
     else:
         out_dir = submit_dir(args.data_root, args.output_dir)
-        jobs = [(map_path(out_dir, im), predict_source(args.data_root, im), map_path(out_dir, im)) for im in args.images]
+        jobs = []
+        for im in args.images:
+            source = predict_source(args.data_root, im)
+            path = map_path(out_dir, im, suffix=map_suffix(source, args.format))
+            jobs.append((path, source, path))
     for _, _, output in jobs:
         check_output_file(output)
     done = []

@@ -26,7 +26,7 @@ from cropmap.tiling import BASE_COLUMNS, class_columns, write_tiles_csv
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Cut training images and labels into tiles.", add_help=add_help)
     cut.add_tiling_args(p, TRAIN_SOURCE_DIR, DEFAULT_TRAIN_IMAGES, "tile", "the tile size",
-                        label_help=" (label: NAME_label.png beside each)")
+                        label_help=" (label: NAME_label.png or .tif beside each)")
     p.add_argument("--keep", choices=["crop", "valid"], default="crop",
                    help="crop: keep tiles with a crop pixel, as the original (default); valid: every tile with a valid pixel")
     p.add_argument("--num_classes", type=num_classes_int, default=4, help="label values are 0..num_classes-1, 255 ignored (default: 4)")

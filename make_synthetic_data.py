@@ -3,8 +3,11 @@
     python make_synthetic_data.py                 # small: longest side 3000 px (the demo's size)
     python make_synthetic_data.py --size 8000     # larger
     python make_synthetic_data.py --full          # the real competition sizes (streams; tens of GB)
+    python make_synthetic_data.py --format tif    # the same set as GeoTIFFs (UTM zone 48N, 0.3 m pixels)
 
 Writes image_1/image_2 (+ labels) for training and image_3/image_4 (+ labels, for scoring only).
+GeoTIFFs hold RGB and an internal no-data mask (the PNGs' alpha), tiled and compressed (COG), each image
+placed side by side in EPSG:32648; labels are ``image_N_label.tif`` with the same georeferencing.
 """
 
 from __future__ import annotations
@@ -18,6 +21,22 @@ from cropmap import synthetic
 from cropmap.cli import positive_int, run_cli, seed_int
 from cropmap.files import check_output_dir
 from cropmap.layout import TEST_SOURCE_DIR, TRAIN_SOURCE_DIR, label_path
+from cropmap.raster import RasterInfo
+
+#: Where the GeoTIFF set lies: UTM zone 48N (the competition's region, Guizhou, is near 105 E, 25 N),
+#: 0.3 m pixels, image N's top-left corner at (EASTING + (N - 1) * SPACING, NORTHING).
+CRS = "EPSG:32648"
+PIXEL_SIZE = 0.3
+EASTING, NORTHING, SPACING = 400_000.0, 2_830_000.0, 30_000.0
+
+
+def georeferenced(name: str, height: int, width: int) -> RasterInfo:
+    """The :class:`RasterInfo` whose CRS and transform the GeoTIFF ``name`` of the synthetic set gets."""
+    from cropmap.raster.geotiff import make_georef
+
+    n = int(name.split("_")[-1])
+    transform = (PIXEL_SIZE, 0.0, EASTING + (n - 1) * SPACING, 0.0, -PIXEL_SIZE, NORTHING)
+    return RasterInfo(name, width, height, 4, 8, "RGBA", "geotiff", make_georef(CRS, transform))
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -29,6 +48,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=seed_int, default=0, help="random seed: the same seed gives the same files (default: 0)")
     p.add_argument("--images", nargs="+", default=list(synthetic.REAL_SIZES), choices=list(synthetic.REAL_SIZES),
                    help="which images to write (default: all four)")
+    p.add_argument("--format", default="png", choices=["png", "tif"],
+                   help="png (RGBA) or tif (GeoTIFF: RGB + no-data mask, UTM zone 48N at 0.3 m pixels) (default: png)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
@@ -41,10 +62,11 @@ def main(args: argparse.Namespace) -> None:
         folder = root / (TRAIN_SOURCE_DIR if name in synthetic.TRAIN_IMAGES else TEST_SOURCE_DIR)
         h, w = sizes[name]
         t0 = time.perf_counter()
-        image = folder / f"{name}.png"
+        image = folder / f"{name}.{args.format}"
+        like = georeferenced(name, h, w) if args.format == "tif" else None
         synthetic.write_image(image, label_path(image), h, w,
-                              seed=args.seed * 1000 + int(name.split("_")[-1]), progress=not args.quiet)
-        print(f"{folder / name}.png: {h}x{w} (H x W) in {time.perf_counter() - t0:.1f} s", flush=True)
+                              seed=args.seed * 1000 + int(name.split("_")[-1]), progress=not args.quiet, like=like)
+        print(f"{image}: {h}x{w} (H x W) in {time.perf_counter() - t0:.1f} s", flush=True)
 
 
 if __name__ == "__main__":

@@ -4,10 +4,12 @@
     python predict.py --checkpoint data/model/x_best.pth --name deeplabv3 --tta d4 --save_probs
 
 Reads ``{data_root}/test/tiles.csv`` and the windows written by ``generate_test_data.py``; writes
-``{output_dir}/{image}_predict.png`` (or ``{image}_predict_{name}.png`` with ``--name``, for voting),
+``{output_dir}/{image}_predict.png`` (or ``{image}_predict_{name}.png`` with ``--name``, for voting;
+``.tif`` with the source's CRS and transform when the source is a GeoTIFF, or with ``--format tif``),
 a colour preview ``..._preview.png`` beside it and, with ``--save_probs``, per-class probabilities
-``..._prob{c}.png`` (uint8, 255 = 1.0) for ``vote.py --soft``. A test image without any valid pixel
-(generate_test_data.py writes no window for it) gets an all-zero map, with a warning.
+``..._prob{c}.png`` (uint8, 255 = 1.0) for ``vote.py --soft``. ``--images`` takes names of the layout or
+paths of the sources (PNG or GeoTIFF; the windows are those of the file's stem). A test image without any
+valid pixel (generate_test_data.py writes no window for it) gets an all-zero map, with a warning.
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ from cropmap.cli import (InputError, add_map_args, device_name, nonneg_int, posi
                          warn)
 from cropmap.files import check_output_dir, check_output_file
 from cropmap.inference import TTA_MODES, predict_image
-from cropmap.layout import (map_path, model_dir, predict_source, preview_path, prob_paths, submit_dir, tiles_csv,
-                            window_folder, windows_dir)
+from cropmap.layout import (TEST_SOURCE_DIR, map_path, map_suffix, model_dir, preview_path, prob_paths, source_path,
+                            submit_dir, tiles_csv, window_folder, windows_dir)
 from cropmap.raster import any_valid, check_image, open_writer, strip_rows
 from cropmap.stitch import BLEND_MODES
 from cropmap.tiling import BASE_COLUMNS, read_tiles_csv
@@ -70,11 +72,11 @@ def write_empty_map(out, source, num_classes: int, save_probs: bool) -> None:
     """An all-zero map (and probabilities) of the size of ``source``: the prediction of a source without
     any valid pixel, for which generate_test_data.py writes no window."""
     info = check_image(source)
-    paths = [out] + (prob_paths(out, num_classes) if save_probs else [])
+    paths = [(out, "map")] + ([(p, "data") for p in prob_paths(out, num_classes)] if save_probs else [])
     rows = strip_rows(info.width)
     zeros = np.zeros((rows, info.width), np.uint8)
-    for path in paths:
-        with open_writer(path, info.width, info.height, like=info) as writer:
+    for path, role in paths:
+        with open_writer(path, info.width, info.height, like=info, role=role) as writer:
             for y in range(0, info.height, rows):
                 writer.write(zeros[: min(rows, info.height - y)])
 
@@ -88,27 +90,28 @@ def main(args: argparse.Namespace) -> list[dict]:
     windows = windows_dir(args.data_root)
     csv_path = tiles_csv(windows)
     all_rows = read_tiles_csv(csv_path, BASE_COLUMNS + ["height", "width"], " (re-run generate_test_data.py)")
-    jobs = []  # (image, its windows' rows or None for a source without a valid pixel, output map)
-    for image in args.images:
+    jobs = []  # (image, source, its windows' rows or None for a source without a valid pixel, output map)
+    for entry in args.images:
+        source = source_path(args.data_root, TEST_SOURCE_DIR, entry)  # a name, or the path of the source
+        image = source.stem
         rows = [r for r in all_rows if r["image"] == image]
-        out = map_path(output_dir, image, args.name)
+        out = map_path(output_dir, image, args.name, map_suffix(source, args.format))
         check_output_file(out)
         if not rows:
-            source = predict_source(args.data_root, image)
             if not source.is_file() or any_valid(source):
                 raise InputError(f"{csv_path}: no test windows of {image} (run generate_test_data.py with it)")
             rows = None
-        jobs.append((image, rows, out))
+        jobs.append((image, source, rows, out))
     checkpoint = args.checkpoint or find_best(model_dir(args.data_root))
     model, ckpt_args = load_model(checkpoint, device=device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     print(f"checkpoint {checkpoint}: {ckpt_args.get('model')} / {ckpt_args.get('backbone')}")
     results = []
-    for image, rows, out in jobs:
+    for image, source, rows, out in jobs:
         start = time.perf_counter()
+        like = check_image(source) if source.is_file() else None  # the map keeps its georeferencing
         if rows is None:
-            source = predict_source(args.data_root, image)
             warn(f"{source}: no valid pixel (alpha is 255 nowhere): its map is all zero")
             num_classes = int(ckpt_args.get("num_classes", 4))
             write_empty_map(out, source, num_classes, args.save_probs)
@@ -130,6 +133,7 @@ def main(args: argparse.Namespace) -> list[dict]:
                 preview_path=preview_path(out) if args.preview_size > 0 else None,
                 preview_size=max(args.preview_size, 1),
                 progress=not args.quiet,
+                like=like,
             )
         took = time.perf_counter() - start
         print(f"{image}: {res['windows']} windows in {took:.1f} s -> {res['map']}")

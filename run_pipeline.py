@@ -5,9 +5,11 @@
 
 Each step is the documented script with its documented flags, run as a subprocess (the commands are
 printed, so any step can be rerun by hand). On your own imagery: RGBA (alpha 0 = no data) or RGB PNGs,
-8-bit, each training image with its label ``NAME_label.png`` beside it (0..num_classes-1, 255 ignored);
-test images may have one too, for scoring. At the end one table gives mIoU and per-class IoU after each
-stage, computed from the maps by score.py.
+or GeoTIFFs (8-bit, 3-4 bands, no data from an alpha band, mask or nodata value), each training image
+with its label ``NAME_label.png`` (``NAME_label.tif``) beside it (0..num_classes-1, 255 ignored); test
+images may have one too, for scoring. Maps of GeoTIFF test images are GeoTIFFs with their
+georeferencing. At the end one table gives mIoU and per-class IoU after each stage, computed from the
+maps by score.py.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from cropmap.cli import (InputError, device_name, nonneg_int, num_classes_int, p
 from cropmap.files import check_output_dir
 from cropmap.metrics import class_names, iou_from_confusion
 from cropmap.layout import (DEFAULT_TEST_IMAGES, DEFAULT_TRAIN_IMAGES, TEST_SOURCE_DIR, TRAIN_SOURCE_DIR,
-                            checkpoint_path, label_path, map_path, model_dir, submit_dir)
+                            checkpoint_path, label_path, map_path, map_suffix, model_dir, source_path, submit_dir)
 
 ROOT = Path(__file__).resolve().parent
 
@@ -47,10 +49,14 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--synthetic", action="store_true",
                    help="first write the synthetic data set (make_synthetic_data.py) into --data_root")
     p.add_argument("--size", type=positive_int, default=3000, help="with --synthetic: longest image side (default: 3000)")
+    p.add_argument("--synthetic_format", default="png", choices=["png", "tif"],
+                   help="with --synthetic: write the set as PNGs or as GeoTIFFs (default: png)")
     p.add_argument("--train_images", nargs="+", default=None,
-                   help="training PNGs (labels NAME_label.png beside them) (default: image_1 image_2 of the layout)")
+                   help="training PNGs or GeoTIFFs (labels NAME_label.png / .tif beside them) "
+                        "(default: image_1 image_2 of the layout)")
     p.add_argument("--test_images", nargs="+", default=None,
-                   help="test PNGs, scored when NAME_label.png exists beside them (default: image_3 image_4)")
+                   help="test PNGs or GeoTIFFs, scored when NAME_label.png / .tif exists beside them "
+                        "(default: image_3 image_4)")
     p.add_argument("--num_classes", type=num_classes_int, default=4, help="number of classes (default: 4)")
     p.add_argument("--tile_size", type=positive_int, default=256, help="tile and window side (default: 256)")
     p.add_argument("--epochs", type=positive_int, default=6, help="epochs of each DeepLabv3 model (default: 6)")
@@ -105,12 +111,14 @@ def main(args: argparse.Namespace) -> list[dict]:
         raise InputError(f"need --scale_min <= --scale_max, got {args.scale_min}, {args.scale_max}")
     q = ["--quiet"] if args.quiet else []
     if args.synthetic:
-        run(["make_synthetic_data.py", "--data_root", str(root), "--size", str(args.size), *q])
+        run(["make_synthetic_data.py", "--data_root", str(root), "--size", str(args.size),
+             "--format", args.synthetic_format, *q])
     train_images = [str(Path(p).resolve()) for p in args.train_images] if args.train_images else \
-        [str(root / TRAIN_SOURCE_DIR / f"{name}.png") for name in DEFAULT_TRAIN_IMAGES]
+        [str(source_path(root, TRAIN_SOURCE_DIR, name)) for name in DEFAULT_TRAIN_IMAGES]
     test_images = [Path(p).resolve() for p in args.test_images] if args.test_images else \
-        [root / TEST_SOURCE_DIR / f"{name}.png" for name in DEFAULT_TEST_IMAGES]
+        [source_path(root, TEST_SOURCE_DIR, name) for name in DEFAULT_TEST_IMAGES]
     names = [p.stem for p in test_images]
+    map_ext = {p.stem: map_suffix(p) for p in test_images}  # GeoTIFF sources get GeoTIFF maps
     tile = str(args.tile_size)
 
     run(["generate_train_data.py", "--data_root", str(root), "--images", *train_images, "--tile_size", tile,
@@ -141,21 +149,22 @@ def main(args: argparse.Namespace) -> list[dict]:
                  "--save_every", str(epochs), "--crop_size", str(crop)])
 
     submit = submit_dir(root)
-    pred = lambda image, stage: map_path(submit, image, stage)  # noqa: E731
+    pred = lambda image, stage: map_path(submit, image, stage, map_ext[image])  # noqa: E731
     predict = ["predict.py", "--output_dir", str(submit), *device, *q]
     first = MODELS[0][0]
-    run([*predict, "--data_root", str(plain_root), "--images", *names, "--checkpoint", str(checkpoints[first]),
+    sources = [str(p) for p in test_images]  # predict.py finds the windows by the stem, the georeferencing in the file
+    run([*predict, "--data_root", str(plain_root), "--images", *sources, "--checkpoint", str(checkpoints[first]),
          "--blend", "none", "--name", "plain", "--preview_size", "0"])
     for name, *_ in MODELS:
-        run([*predict, "--data_root", str(root), "--images", *names, "--checkpoint", str(checkpoints[name]),
+        run([*predict, "--data_root", str(root), "--images", *sources, "--checkpoint", str(checkpoints[name]),
              "--name", name])
-    run([*predict, "--data_root", str(root), "--images", *names, "--checkpoint", str(checkpoints[first]),
+    run([*predict, "--data_root", str(root), "--images", *sources, "--checkpoint", str(checkpoints[first]),
          "--tta", args.tta, "--name", f"{first}_tta", "--preview_size", "0"])
     for image, src in zip(names, test_images):
         run(["vote.py", "--inputs", *(str(pred(image, m)) for m, *_ in MODELS), "--output", str(pred(image, "vote")),
              "--num_classes", str(args.num_classes), *q])
         run(["fill_hole.py", "--input", str(pred(image, "vote")), "--source", str(src),
-             "--output", str(map_path(submit, image)), "--max_hole", str(args.max_hole),
+             "--output", str(map_path(submit, image, suffix=map_ext[image])), "--max_hole", str(args.max_hole),
              "--num_classes", str(args.num_classes), *q])
 
     stages = [("plain stitching (original's way)", "plain"), *((f"{m} (blended)", m) for m, *_ in MODELS),
@@ -168,7 +177,7 @@ def main(args: argparse.Namespace) -> list[dict]:
     for title, stage in stages:
         total = np.zeros((args.num_classes, args.num_classes), np.int64)
         for image, src in labelled:
-            path = map_path(submit, image) if stage is None else pred(image, stage)
+            path = map_path(submit, image, suffix=map_ext[image]) if stage is None else pred(image, stage)
             out = submit / "scores" / f"{path.stem}.json"
             out.parent.mkdir(parents=True, exist_ok=True)
             run(["score.py", "--pred", str(path), "--label", str(label_path(src)),

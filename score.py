@@ -4,7 +4,9 @@
     python score.py                       # data/submit/IMAGE_predict.png vs the test labels (synthetic data)
 
 Prints per-class IoU, mIoU (crops 1..C-1, the headline), mIoU_all and the confusion matrix (rows =
-label, columns = prediction), counting the pixels whose source alpha is 255.
+label, columns = prediction), counting the pixels valid in the source (alpha 255; for a GeoTIFF its
+alpha band, mask or nodata value). Maps, labels and sources may be PNG or GeoTIFF; georeferenced files
+must agree on their CRS and transform.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import sys
 from cropmap.cli import InputError, add_map_args, run_cli
 from cropmap.files import atomic_path, check_output_file
 from cropmap.metrics import ConfusionMatrix
-from cropmap.layout import label_path, map_path, submit_dir, predict_source
+from cropmap.layout import label_path, map_path, map_suffix, predict_source, submit_dir
 from cropmap.scoring import score_dict, score_map
 
 
@@ -38,7 +40,8 @@ def main(args: argparse.Namespace) -> dict:
     else:
         out_dir = submit_dir(args.data_root, args.output_dir)
         sources = [predict_source(args.data_root, im) for im in args.images]
-        jobs = [(map_path(out_dir, im), label_path(src), src) for im, src in zip(args.images, sources)]
+        jobs = [(map_path(out_dir, im, suffix=map_suffix(src, args.format)), label_path(src), src)
+                for im, src in zip(args.images, sources)]
     if args.json:
         check_output_file(args.json)
     total = ConfusionMatrix(args.num_classes)

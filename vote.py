@@ -10,7 +10,8 @@ predicted, or with --priority to the tied class listed first. --soft sums the pr
 ``predict.py --save_probs`` wrote beside each input (``X_prob0.png`` ... for ``X.png``).
 By default, for each of --images, the inputs are ``OUTPUT_DIR/IMAGE_predict_NAME.png`` for each NAME of
 --models (in that order), or every such per-model map there (sorted by name) when --models is not
-given; the output is ``OUTPUT_DIR/IMAGE_predict.png``.
+given; the output is ``OUTPUT_DIR/IMAGE_predict.png`` (``.tif`` for a GeoTIFF source or with --format
+tif). GeoTIFF maps are written with the CRS and transform of the first input.
 """
 
 from __future__ import annotations
@@ -21,14 +22,15 @@ from pathlib import Path
 
 from cropmap.cli import InputError, add_map_args, int_list, run_cli, warn
 from cropmap.files import check_output_file
-from cropmap.layout import is_derived, map_path, prob_paths, submit_dir
+from cropmap.layout import is_derived, map_path, map_suffix, predict_source, prob_paths, submit_dir
 from cropmap.postprocess import vote_maps
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Vote per-model maps into one map", add_help=add_help)
     p.add_argument("--inputs", nargs="+", default=None, help="maps to vote, most trusted first (default: the per-model maps in OUTPUT_DIR)")
-    p.add_argument("--output", default=None, help="voted map (with --inputs; default: OUTPUT_DIR/vote.png)")
+    p.add_argument("--output", default=None,
+                   help="voted map (with --inputs; default: OUTPUT_DIR/vote.png, or vote.tif for GeoTIFF inputs)")
     add_map_args(p, "to vote when --inputs is not given (per-model maps in OUTPUT_DIR)")
     p.add_argument("--models", nargs="+", default=None, help="model names (predict.py --name) to vote, most trusted first (default: all found)")
     p.add_argument("--priority", type=int_list, default=None,
@@ -37,13 +39,13 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     return p
 
 
-def per_model_maps(folder: Path, image: str, models: list[str] | None) -> list[Path]:
-    """The per-model maps of ``image`` in ``folder``: ``{image}_predict_{name}.png``, in ``models`` order."""
+def per_model_maps(folder: Path, image: str, models: list[str] | None, suffix: str = ".png") -> list[Path]:
+    """The per-model maps of ``image`` in ``folder``: ``{image}_predict_{name}{suffix}``, in ``models`` order."""
     if models:
-        return [map_path(folder, image, m) for m in models]
-    found = sorted(p for p in folder.glob(map_path("", image, "*").name) if not is_derived(p))
+        return [map_path(folder, image, m, suffix) for m in models]
+    found = sorted(p for p in folder.glob(map_path("", image, "*", suffix).name) if not is_derived(p))
     if not found:
-        raise InputError(f"{folder}: no per-model maps {image}_predict_NAME.png to vote (predict.py --name NAME)")
+        raise InputError(f"{folder}: no per-model maps {image}_predict_NAME{suffix} to vote (predict.py --name NAME)")
     return found
 
 
@@ -51,9 +53,14 @@ def main(args: argparse.Namespace) -> list[Path]:
     priority = args.priority
     out_dir = submit_dir(args.data_root, args.output_dir)
     if args.inputs:
-        jobs = [([Path(p) for p in args.inputs], Path(args.output) if args.output else out_dir / "vote.png")]
+        inputs = [Path(p) for p in args.inputs]
+        default = out_dir / f"vote{map_suffix(inputs[0], args.format)}"
+        jobs = [(inputs, Path(args.output) if args.output else default)]
     else:
-        jobs = [(per_model_maps(out_dir, im, args.models), map_path(out_dir, im)) for im in args.images]
+        jobs = []
+        for im in args.images:
+            suffix = map_suffix(predict_source(args.data_root, im), args.format)
+            jobs.append((per_model_maps(out_dir, im, args.models, suffix), map_path(out_dir, im, suffix=suffix)))
     for inputs, output in jobs:  # every job checked before the first one runs
         if output in inputs:
             raise InputError(f"{output}: the output is also an input")

@@ -83,7 +83,8 @@ def throughput(args) -> dict:
     import torch
 
     from cropmap.checkpoint import find_best, load_model
-    from cropmap.inference import WindowDataset, forward_probs, normalize, predict_image
+    from cropmap.data import normalize
+    from cropmap.inference import WindowDataset, forward_probs, predict_image
     from cropmap.layout import TEST_DIR, window_folder
     from cropmap.tiling import read_tiles_csv
 

@@ -214,7 +214,7 @@ def add_map_args(p: argparse.ArgumentParser, what: str, num_classes: bool = True
 
     ``what`` completes the help of ``--images`` (e.g. ``"to predict"``).
     """
-    from .layout import DEFAULT_TEST_IMAGES
+    from .layout import DEFAULT_TEST_IMAGES, MAP_FORMATS
 
     p.add_argument("--data_root", default="data", help="data folder of the contract's layout (default: data)")
     p.add_argument("--images", nargs="+", default=list(DEFAULT_TEST_IMAGES),
@@ -222,6 +222,9 @@ def add_map_args(p: argparse.ArgumentParser, what: str, num_classes: bool = True
     p.add_argument("--output_dir", default=None, help="folder of the maps (default: DATA_ROOT/submit)")
     if num_classes:
         p.add_argument("--num_classes", type=num_classes_int, default=4, help="number of classes of the maps (default: 4)")
+    p.add_argument("--format", default=None, choices=list(MAP_FORMATS),
+                   help="file format of the maps found or written by image name: png, or tif (GeoTIFF with the "
+                        "source's CRS and transform) (default: the source image's format)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 

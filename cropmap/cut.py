@@ -44,8 +44,9 @@ class Source:
 def resolve(data_root: str | Path, source_dir: str, images: Sequence[str], with_label: bool) -> list[Source]:
     """Turn ``--images`` entries into sources.
 
-    An entry is a name looked up as ``{data_root}/{source_dir}/{name}.png`` (label ``{name}_label.png``
-    beside it), or a path to an image (its label, if needed, is ``{stem}_label{suffix}`` in the same folder).
+    An entry is a name looked up as ``{data_root}/{source_dir}/{name}.png`` (or ``.tif``/``.tiff``; label
+    ``{name}_label.png`` or ``.tif`` beside it), or a path to an image (its label, if needed, is
+    ``{stem}_label{suffix}`` in the same folder).
     """
     out = []
     for entry in images:
@@ -65,7 +66,7 @@ def add_tiling_args(p, source_dir: str, images: list[str], what: str, stride_def
     p.add_argument("--source_dir", default=source_dir,
                    help=f"folder under --data_root holding the sources (default: {source_dir})")
     p.add_argument("--images", nargs="+", default=images,
-                   help=f"names in --source_dir, or paths to PNGs{label_help} (default: {' '.join(images)})")
+                   help=f"names in --source_dir, or paths to PNGs or GeoTIFFs{label_help} (default: {' '.join(images)})")
     p.add_argument("--tile_size", type=positive_int, default=512, help=f"{what} side in pixels (default: 512)")
     p.add_argument("--stride", type=positive_int, default=None, help=f"distance between {what}s (default: {stride_default})")
     p.add_argument("--workers", type=positive_int, default=2, help=f"threads encoding PNG {what}s (default: 2)")

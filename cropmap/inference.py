@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 from .data import normalize  # the one input normalisation
 from .cli import InputError, progress as progress_bar
 from .layout import prob_paths
-from .raster import open_writer, read_png, valid_mask, write_png
+from .raster import RasterInfo, open_writer, read_png, valid_mask, write_png
 from .stitch import BandStitcher, PreviewCanvas
 
 #: TTA levels: "none"; "flip": identity, horizontal and vertical flip; "d4": the 8 flips/90-degree rotations.
@@ -217,6 +217,7 @@ def predict_image(
     preview_path: str | os.PathLike | None = None,
     preview_size: int = 2048,
     progress: bool = True,
+    like: RasterInfo | None = None,
 ) -> dict:
     """Predict one image's windows and stream the stitched map to ``map_path``.
 
@@ -229,6 +230,7 @@ def predict_image(
         save_probs: also write ``uint8`` probabilities (``round(255 p)``), one single-channel PNG per
             class beside the map (:func:`prob_paths`).
         preview_path: write a downscaled colour preview (longest side ``preview_size``) there.
+        like: the source's :class:`RasterInfo`; a GeoTIFF map (``.tif``) keeps its CRS and transform.
 
     Returns:
         ``{"map": path, "windows": n, "num_classes": C, "probs": [paths], "preview": path or None}``.
@@ -262,9 +264,9 @@ def predict_image(
             if stitcher is None:
                 c = probs.shape[0]
                 state["num_classes"] = c
-                writers.append(open_writer(map_path, width, height))
+                writers.append(open_writer(map_path, width, height, like=like))
                 if save_probs:
-                    writers.extend(open_writer(p, width, height) for p in prob_paths(map_path, c))
+                    writers.extend(open_writer(p, width, height, like=like, role="data") for p in prob_paths(map_path, c))
                 stitcher = BandStitcher(height, width, c, tile, sink, blend=blend, keep_probs=save_probs)
             y, x = int(row["y"]), int(row["x"])
             stitcher.add(y, x, probs, valid_mask(rgba[3]))

@@ -8,6 +8,9 @@
     {data_root}/test/image3/ ...  test/tiles.csv                                  test windows
     {data_root}/model/{model}_{backbone}_{exp}_{tag}.pth  model/{run}/log.csv      checkpoints, logs
     {data_root}/submit/{image}_predict[_{name}].png  ..._preview.png  ..._prob{c}.png   maps
+                                            (.tif instead of .png for GeoTIFF sources or --format tif)
+
+Sources may be PNGs or GeoTIFFs (``.tif``/``.tiff``); a name without a suffix is looked up with each.
 
 Every other module asks this one for a path instead of spelling a folder or a suffix itself.
 """
@@ -27,18 +30,33 @@ TILES_CSV = "tiles.csv"
 LABEL_SUFFIX = "_label"
 DEFAULT_TRAIN_IMAGES = ["image_1", "image_2"]
 DEFAULT_TEST_IMAGES = ["image_3", "image_4"]
+#: Suffixes a source image may have, in the order a bare name is looked up.
+SOURCE_SUFFIXES = (".png", ".tif", ".tiff")
+#: ``--format`` of maps -> their suffix.
+MAP_FORMATS = {"png": ".png", "tif": ".tif"}
 
 
 # ---- sources ------------------------------------------------------------------------------------
 
 
-def source_path(data_root: str | os.PathLike, source_dir: str, entry: str, suffix: str = ".png") -> Path:
+def _find(folder: Path, name: str, suffix: str | None) -> Path:
+    """``folder/name+suffix``; without ``suffix`` the first of :data:`SOURCE_SUFFIXES` that exists (else ``.png``)."""
+    if suffix is None:
+        for s in SOURCE_SUFFIXES:
+            if (folder / f"{name}{s}").is_file():
+                return folder / f"{name}{s}"
+        suffix = SOURCE_SUFFIXES[0]
+    return folder / f"{name}{suffix}"
+
+
+def source_path(data_root: str | os.PathLike, source_dir: str, entry: str, suffix: str | None = None) -> Path:
     """An ``--images`` entry as a file: a path (it has a folder or a file suffix) as given, else a name
-    looked up as ``{data_root}/{source_dir}/{entry}{suffix}``."""
+    looked up as ``{data_root}/{source_dir}/{entry}{suffix}`` (without ``suffix``: ``.png``, ``.tif`` or
+    ``.tiff``, whichever exists first; ``.png`` if none does)."""
     p = Path(entry)
     if p.suffix or len(p.parts) > 1:
         return p
-    return Path(data_root) / source_dir / f"{entry}{suffix}"
+    return _find(Path(data_root) / source_dir, entry, suffix)
 
 
 def label_path(image_path: str | os.PathLike) -> Path:
@@ -47,9 +65,10 @@ def label_path(image_path: str | os.PathLike) -> Path:
     return p.with_name(f"{p.stem}{LABEL_SUFFIX}{p.suffix}")
 
 
-def predict_source(data_root: str | os.PathLike, image: str, suffix: str = ".png") -> Path:
-    """A test image of the layout (what predict.py, fill_hole.py and score.py read): ``{data_root}/{TEST_SOURCE_DIR}/{image}{suffix}``."""
-    return Path(data_root) / TEST_SOURCE_DIR / f"{image}{suffix}"
+def predict_source(data_root: str | os.PathLike, image: str, suffix: str | None = None) -> Path:
+    """A test image of the layout (what predict.py, fill_hole.py and score.py read):
+    ``{data_root}/{TEST_SOURCE_DIR}/{image}{suffix}`` (without ``suffix``: as :func:`source_path`)."""
+    return _find(Path(data_root) / TEST_SOURCE_DIR, image, suffix)
 
 
 # ---- tiles --------------------------------------------------------------------------------------
@@ -110,6 +129,15 @@ def checkpoint_path(model_folder: str | os.PathLike, args: dict, tag: str) -> Pa
 def submit_dir(data_root: str | os.PathLike, output_dir: str | os.PathLike | None = None) -> Path:
     """Where maps go: ``output_dir`` when given, else ``{data_root}/submit``."""
     return Path(output_dir) if output_dir else Path(data_root) / SUBMIT_DIR
+
+
+def map_suffix(source: str | os.PathLike | None, fmt: str | None = None) -> str:
+    """Suffix of the maps of ``source``: ``.png`` or ``.tif`` for ``fmt`` ``png``/``tif`` (``--format``),
+    else the source's own format (a GeoTIFF source gets GeoTIFF maps, anything else PNG)."""
+    if fmt:
+        return MAP_FORMATS[fmt]
+    geotiff = source is not None and Path(source).suffix.lower() in (".tif", ".tiff")
+    return MAP_FORMATS["tif" if geotiff else "png"]
 
 
 def map_path(folder: str | os.PathLike, image: str, name: str | None = None, suffix: str = ".png") -> Path:

@@ -22,14 +22,9 @@ import math
 import numpy as np
 import torch
 
+from .classes import CLASS_NAMES, class_names  # noqa: F401 - the names live there (no torch import)
 from .raster import IGNORE
 
-CLASS_NAMES = ("other", "tobacco", "corn", "coix")
-
-
-def class_names(num_classes: int) -> list[str]:
-    """Names of ``num_classes`` classes: :data:`CLASS_NAMES` for the competition's 4, else ``class0, class1, ...``."""
-    return list(CLASS_NAMES) if num_classes == len(CLASS_NAMES) else [f"class{i}" for i in range(num_classes)]
 #: Maximum number of pixels processed at once by :meth:`ConfusionMatrix.update`.
 CHUNK = 1 << 22
 

@@ -18,7 +18,8 @@ import cv2
 import numpy as np
 
 from .cli import InputError, progress as progress_bar
-from .raster import IGNORE, check_image, check_map, check_map_values, iter_zip, open_writer, strip_rows, valid_mask
+from .raster import (IGNORE, check_georef, check_image, check_map, check_map_values, iter_zip, open_writer, strip_rows,
+                     valid_mask)
 
 FILL_METHODS = ("morph", "square")
 
@@ -374,7 +375,8 @@ def fill_map(
 
     Each step is one streamed pass (chained generators, one input decode, one output encode). Memory
     per pass is a band of rows (plus OpenCV's ``int32`` component labels of the band for ``morph``).
-    ``output`` may be ``map_path`` itself: it is replaced only when complete.
+    ``output`` may be ``map_path`` itself: it is replaced only when complete. A GeoTIFF output keeps the
+    georeferencing of the map, or of the source if the map has none.
     """
     if method not in FILL_METHODS:
         raise ValueError(f"unknown method {method!r}; valid: {', '.join(FILL_METHODS)}")
@@ -384,6 +386,7 @@ def fill_map(
         raise InputError(
             f"{map_path}: size {info.height}x{info.width} differs from its source {source_path} ({src.height}x{src.width})"
         )
+    check_georef(info, src, "map")
     height, width = info.shape
 
     def work() -> Iterator[tuple[int, np.ndarray]]:
@@ -401,7 +404,7 @@ def fill_map(
     else:
         for size in sizes:
             strips = square_stage(strips, height, width, size, stride)
-    with open_writer(output, width, height, like=src) as writer, progress_bar(
+    with open_writer(output, width, height, like=info if info.georef else src) as writer, progress_bar(
         total=height, desc=Path(output).name, unit="row", disable=not progress, leave=False
     ) as bar:
         for _, rows in strips:

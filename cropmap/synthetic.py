@@ -227,11 +227,13 @@ def _block_rgba(seed: int, height: int, width: int, b: int, holes: np.ndarray):
     return rgba, label
 
 
-def write_image(image_path, label_path, height: int, width: int, seed: int, progress: bool = True) -> None:
-    """Stream one synthetic image and its label to PNG files (RGBA and 8-bit gray).
+def write_image(image_path, label_path, height: int, width: int, seed: int, progress: bool = True,
+                like=None) -> None:
+    """Stream one synthetic image and its label to files (RGBA and 8-bit gray; the format of the suffix).
 
     Blocks are computed in this thread and compressed in a writer thread (zlib releases the GIL).
-    Peak memory: a few blocks of ``BLOCK`` rows, whatever the size.
+    Peak memory: a few blocks of ``BLOCK`` rows, whatever the size. ``like``: a
+    :class:`~cropmap.raster.RasterInfo` whose georeferencing GeoTIFF files get.
     """
     holes = _holes(seed, height, width)
     q: queue.Queue = queue.Queue(maxsize=2)
@@ -239,7 +241,8 @@ def write_image(image_path, label_path, height: int, width: int, seed: int, prog
 
     def writer():
         try:
-            with open_writer(image_path, width, height, 4) as wi, open_writer(label_path, width, height, 1) as wl:
+            with open_writer(image_path, width, height, 4, like=like) as wi, \
+                    open_writer(label_path, width, height, 1, like=like, role="label") as wl:
                 while (item := q.get()) is not None:
                     wi.write(item[0])
                     wl.write(item[1])

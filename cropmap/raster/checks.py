@@ -29,8 +29,19 @@ def _same_size(info: RasterInfo, like: RasterInfo | None, what: str) -> None:
         )
 
 
+def check_georef(info: RasterInfo, like: RasterInfo | None, what: str) -> None:
+    """:class:`InputError` when ``info`` and ``like`` are both georeferenced and lie differently
+    (CRS, when both have one, or transform): a label or map must lie on its image."""
+    if like is None or info.georef is None or like.georef is None:
+        return
+    problem = like.georef.differs(info.georef)
+    if problem:
+        raise InputError(f"{info.path}: {what} {problem} of {like.path}")
+
+
 def check_label(path: str | os.PathLike, image: RasterInfo | None = None) -> RasterInfo:
-    """Validate a label's header: 8-bit single channel, the size of ``image`` when given.
+    """Validate a label's header: 8-bit single channel, the size of ``image`` when given, and its
+    CRS and transform when both are georeferenced.
 
     Label values are checked separately with :func:`check_label_values` (that needs a decode).
     """
@@ -40,15 +51,18 @@ def check_label(path: str | os.PathLike, image: RasterInfo | None = None) -> Ras
     if info.channels != 1 or info.color == "palette":
         raise InputError(f"{info.path}: labels must be 8-bit single-channel (grayscale), got {info.color}")
     _same_size(info, image, "label")
+    check_georef(info, image, "label")
     return info
 
 
 def check_map(path: str | os.PathLike, like: RasterInfo | None = None) -> RasterInfo:
-    """Validate a map's header: 8-bit single channel, the size of ``like`` when given."""
+    """Validate a map's header: 8-bit single channel, the size (and georeferencing, when both have
+    one) of ``like`` when given."""
     info = raster_info(path)
     if info.bit_depth != 8 or info.channels != 1 or info.color == "palette":
         raise InputError(f"{info.path}: maps must be 8-bit single-channel, got {info.bit_depth}-bit {info.color}")
     _same_size(info, like, "map")
+    check_georef(info, like, "map")
     return info
 
 

@@ -3,8 +3,12 @@
 A format is a module with ``FORMAT`` (its name), ``info(path) -> RasterInfo`` (header facts, cheap, no
 decode), ``Reader(path, rgba)`` (sequential rows into caller arrays: ``width``, ``height``,
 ``row_shape``, ``y``, ``read_into(out)``, ``skip(n)``), ``StripWriter(path, width, height, channels,
-like=...)`` (top-to-bottom writer renamed into place when complete) and ``histogram(path)`` (value
-counts of a single-channel file). Adding a format is one such module and one line in :data:`FORMATS`.
+like=..., role=...)`` (top-to-bottom writer renamed into place when complete) and ``histogram(path)``
+(value counts of a single-channel file). Adding a format is one such module and one line in :data:`FORMATS`.
+
+PNG is read by pyvips (its sequential decoder is faster than GDAL's for PNG, and a PNG has nothing for
+GDAL to add); GeoTIFF by rasterio/GDAL (georeferencing, masks and nodata, BigTIFF, every TIFF compression,
+and windows read straight from the blocks that hold them). See the README's figures.
 """
 
 from __future__ import annotations
@@ -15,11 +19,11 @@ from pathlib import Path
 import numpy as np
 
 from ..cli import InputError
-from . import png
+from . import geotiff, png
 from .base import RasterInfo
 
 #: file suffix (lower case) -> format module
-FORMATS = {".png": png}
+FORMATS = {".png": png, ".tif": geotiff, ".tiff": geotiff}
 
 
 def format_of(path: str | os.PathLike):
@@ -41,12 +45,14 @@ def open_reader(path: str | os.PathLike, rgba: bool = False):
 
 
 def open_writer(path: str | os.PathLike, width: int, height: int, channels: int = 1,
-                like: RasterInfo | None = None):
+                like: RasterInfo | None = None, role: str = "map"):
     """A streaming writer of an 8-bit raster in the format of ``path``'s suffix.
 
     ``like``: the source the output belongs to (a format that can keeps its georeferencing).
+    ``role`` of a single-channel output: ``map`` (class map), ``label`` or ``data`` (e.g. probabilities);
+    a format that can marks it (GeoTIFF: colour table for maps and labels, nodata 0 for maps).
     """
-    return format_of(path).StripWriter(path, width, height, channels, like=like)
+    return format_of(path).StripWriter(path, width, height, channels, like=like, role=role)
 
 
 def histogram(path: str | os.PathLike) -> np.ndarray:

@@ -294,11 +294,12 @@ class StripWriter:
     ``[h, W, C]`` strips top to bottom until ``height`` rows are written, then :meth:`close`
     (or use it as a context manager: an exception inside the ``with`` discards the partial file).
     Memory: one strip plus zlib's window. Rows use PNG filter 0 (none). ``like`` (the source's
-    :class:`RasterInfo`) is accepted for the writers' common signature; a PNG has no georeferencing to keep.
+    :class:`RasterInfo`) and ``role`` are accepted for the writers' common signature; a PNG has no
+    georeferencing, colour table or nodata value to keep.
     """
 
     def __init__(self, path: str | os.PathLike, width: int, height: int, channels: int = 1, compression: int = 1,
-                 like: RasterInfo | None = None):
+                 like: RasterInfo | None = None, role: str = "map"):
         if channels not in (1, 3, 4):
             raise ValueError("channels must be 1, 3 or 4")
         self.path = Path(path)
