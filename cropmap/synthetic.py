@@ -240,17 +240,19 @@ def write_image(image_path, label_path, height: int, width: int, seed: int, prog
     errors: list[BaseException] = []
 
     def writer():
+        ended = False  # the producer's None was received
         try:
             with open_writer(image_path, width, height, 4, like=like) as wi, \
                     open_writer(label_path, width, height, 1, like=like, role="label") as wl:
                 while (item := q.get()) is not None:
                     wi.write(item[0])
                     wl.write(item[1])
+                ended = True
                 if wi.rows_written != height:  # aborted by the producer
                     raise RuntimeError("incomplete")
         except BaseException as e:  # noqa: BLE001 - reported by the producer
             errors.append(e)
-            while q.get() is not None:  # drain so the producer never blocks
+            while not ended and q.get() is not None:  # drain so the producer never blocks
                 pass
 
     t = threading.Thread(target=writer, daemon=True)

@@ -94,3 +94,37 @@ def test_synthetic_image_is_competition_like(tmp_path):
     means = np.array([img[(lab == c) & ~nodata, :3].mean(0) for c in (1, 2, 3)])
     spread = img[~nodata, :3].std(0).mean()
     assert np.abs(means[:, None] - means[None]).max() < spread
+
+
+def test_synthetic_writer_failing_at_close_is_reported_not_hung(tmp_path, monkeypatch):
+    """A writer that fails once every row is in (e.g. disk full while finishing the file) is an error of
+    write_image, not a deadlock between its producer and writer threads."""
+    import threading
+
+    class FailsAtClose:
+        def __init__(self, *args, **kwargs):
+            self.rows_written = 0
+
+        def write(self, strip):
+            self.rows_written += len(strip)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            raise OSError("disk full")
+
+    monkeypatch.setattr(synthetic, "open_writer", FailsAtClose)
+    errors = []
+
+    def run():
+        try:
+            synthetic.write_image(tmp_path / "a.png", tmp_path / "a_label.png", 40, 30, seed=1, progress=False)
+        except OSError as e:
+            errors.append(e)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(60)
+    assert not t.is_alive(), "write_image hung"
+    assert len(errors) == 1 and "disk full" in str(errors[0])

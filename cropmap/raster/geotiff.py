@@ -340,7 +340,7 @@ class StripWriter:
         try:
             self._flush()
             self._ds.close()
-            self._out = temporary_path(self.path)
+            self._out = temporary_path(self.path, clean=False)  # clean=True would delete self._tmp
             options = dict(driver="COG", compress="deflate", blocksize=BLOCK, bigtiff="if_safer",
                            num_threads="all_cpus", resampling="nearest" if self.channels == 1 else "average")
             if self.channels > 1:
