@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from cropmap.device import select_device
 from cropmap.imageio import run_cli
 from cropmap.inference import TTA_MODES, output_paths, predict_image
 from cropmap.stitch import BLEND_MODES
@@ -38,10 +39,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )
     p.add_argument("--batch_size", type=int, default=8, help="windows per forward pass (default: 8)")
     p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes decoding windows (default: 2)")
-    p.add_argument(
-        "--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device (default: cuda if available, else cpu)"
-    )
-    p.add_argument("--amp", action="store_true", help="mixed precision (float16 autocast on CUDA, bfloat16 on CPU)")
+    p.add_argument("--device", default=None,
+                   help="cuda, cuda:N or cpu (default: cuda when available, else cpu; cuda means the current GPU)")
+    p.add_argument("--amp", action="store_true",
+                   help="mixed precision, as in training: bf16 where the GPU supports it, else fp16; bf16 on the CPU")
     p.add_argument(
         "--tta",
         nargs="?",
@@ -70,7 +71,7 @@ def main(args: argparse.Namespace) -> list[dict]:
     data_root = Path(args.data_root)
     output_dir = Path(args.output_dir) if args.output_dir else data_root / "submit"
     checkpoint = args.checkpoint or find_best(data_root / "model")
-    device = torch.device(args.device)
+    device = select_device(args.device)
     model, ckpt_args = load_model(checkpoint, device=device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)

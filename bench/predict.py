@@ -83,11 +83,12 @@ def throughput(args) -> dict:
     import torch
 
     from cropmap.checkpoint import find_best, load_model
+    from cropmap.device import select_device
     from cropmap.inference import WindowDataset, forward_probs, normalize, predict_image
     from cropmap.tiling import TEST_DIR, read_tiles_csv, test_tile_folder
 
     root = Path(args.data_root)
-    device = torch.device(args.device)
+    device = select_device(args.device)
     model, _ = load_model(find_best(root / "model"), device=device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
@@ -99,7 +100,7 @@ def throughput(args) -> dict:
 
     def sync():
         if device.type == "cuda":
-            torch.cuda.synchronize()
+            torch.cuda.synchronize(device)
 
     def bare_pass() -> float:
         t0 = time.perf_counter()
