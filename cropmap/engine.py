@@ -236,13 +236,14 @@ def init_distributed(device_arg: str | None) -> tuple[int, int, torch.device]:
     """Pick this process's device (:func:`cropmap.device.select_device`: CUDA always indexed,
     ``cuda:LOCAL_RANK`` under ``torchrun``) and start the process group under ``torchrun``.
 
-    Under ``torchrun`` (``LOCAL_RANK`` set) the process group is started even for one process, so that
-    ``torchrun --nproc_per_node 1`` runs the same DistributedDataParallel path as several processes.
+    Under ``torchrun`` (``LOCAL_RANK`` and ``MASTER_ADDR`` set) the process group is started even for one
+    process, so that ``torchrun --nproc_per_node 1`` runs the same DistributedDataParallel path as several.
     Returns ``(rank, world_size, device)``; NCCL on CUDA, gloo on CPU.
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     device = select_device(device_arg)
-    if (world_size > 1 or local_rank() is not None) and not dist.is_initialized():
+    torchrun = local_rank() is not None and "MASTER_ADDR" in os.environ
+    if (world_size > 1 or torchrun) and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     rank = dist.get_rank() if dist.is_initialized() else 0
     world_size = dist.get_world_size() if dist.is_initialized() else world_size

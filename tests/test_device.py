@@ -25,7 +25,7 @@ class FakeCuda:
         monkeypatch.setattr(torch.cuda, "current_device", lambda: self.current)
         monkeypatch.setattr(torch.cuda, "set_device", self.set_device)
         monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: self.bf16)
-        for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
+        for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR"):
             monkeypatch.delenv(var, raising=False)
 
     def set_device(self, device):
@@ -69,6 +69,9 @@ def test_torchrun_with_one_process_starts_the_process_group(monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "0")
     backends = []
     monkeypatch.setattr(engine.dist, "init_process_group", lambda backend, **kw: backends.append(backend))
+    assert engine.init_distributed("cpu")[2] == torch.device("cpu")
+    assert backends == []  # LOCAL_RANK alone (no rendezvous address) is not torchrun
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
     assert engine.init_distributed("cpu")[2] == torch.device("cpu")
     assert backends == ["gloo"]
 
