@@ -45,7 +45,7 @@ STEP_FLAG = "--as_step"  # internal: run a script in this process and record its
 REPORT_ENV = "GPU_CHECK_REPORT"
 
 # Sizes and limits per device. The CPU dry run is smaller, predicts from non-overlapping windows and leaves
-# bf16 autocast off (without native bf16, AVX512-BF16 or AMX, a CPU runs it about 10x slower than fp32).
+# bf16 autocast off (without native bf16, AVX512-BF16 or AMX, a CPU runs it 7-25x slower than fp32; README).
 DEFAULTS = {
     "cuda": dict(size=2000, tile_size=256, stride=128, batch_size=8, iters=5, predict_batch=16, workers=4, amp=True,
                  budget=360, step_timeout=180),
@@ -65,10 +65,14 @@ if device.startswith("cuda"):
     if not torch.cuda.is_available():
         sys.exit("CUDA is not available (torch " + torch.__version__ + ")")
     p = torch.cuda.get_device_properties(0)
+    try:
+        nccl = torch.cuda.nccl.version()
+        nccl = ".".join(map(str, nccl)) if isinstance(nccl, tuple) else str(nccl)
+    except Exception as e:
+        nccl = f"n/a ({type(e).__name__})"
     print("cuda", torch.version.cuda, "gpus", torch.cuda.device_count(), "gpu0", p.name,
           f"{p.total_memory / 2**30:.0f} GiB", "capability", torch.cuda.get_device_capability(0),
-          "bf16", torch.cuda.is_bf16_supported(), "cudnn", torch.backends.cudnn.version(),
-          "nccl", ".".join(map(str, torch.cuda.nccl.version())) if hasattr(torch.cuda, "nccl") else "n/a")
+          "bf16", torch.cuda.is_bf16_supported(), "cudnn", torch.backends.cudnn.version(), "nccl", nccl)
     x = torch.randn(256, 256, device="cuda")
     print("matmul ok", float((x @ x).sum().isfinite()))
 print("environment ok")
