@@ -118,6 +118,10 @@ def test_predict_uses_the_same_rule(monkeypatch, tmp_path):
         raise Stop
 
     monkeypatch.setattr(ckpt, "load_model", load_model)
+    (tmp_path / "test").mkdir()  # predict.py checks its windows' index before it loads the model
+    (tmp_path / "test" / "tiles.csv").write_text(
+        "name,image,y,x,size,valid_pixels,height,width\n"
+        "image_3_0_0.png,image_3,0,0,64,4096,64,64\nimage_4_0_0.png,image_4,0,0,64,4096,64,64\n")
     for argv, index in ([], 1), (["--device", "cuda"], 1), (["--device", "cuda:0"], 0):
         args = predict.get_args_parser().parse_args(["--data_root", str(tmp_path), "--checkpoint", "x.pth", *argv])
         with pytest.raises(Stop):
@@ -134,9 +138,9 @@ def test_one_mixed_precision_rule(monkeypatch):
     assert devices.amp_dtype(gpu) is torch.bfloat16
     cuda.bf16 = False
     assert devices.amp_dtype(gpu) is torch.float16
-    assert engine._amp_dtype(gpu, True) is torch.float16  # training and evaluation use the rule
+    assert engine.amp_dtype is devices.amp_dtype  # training and evaluation use the rule
     assert devices.amp_dtype("cpu") is torch.bfloat16
-    assert devices.amp_dtype(gpu, enabled=False) is None and engine._amp_dtype(gpu, False) is None
+    assert devices.amp_dtype(gpu, enabled=False) is None
 
 
 def _dtype_probe():
@@ -160,5 +164,5 @@ def test_prediction_and_evaluation_autocast_in_the_rule_dtype():
     assert seen == [torch.float32]
     seen.clear()
     loader = [(x, torch.zeros(2, 32, 32, dtype=torch.int64))]
-    engine.evaluate(model, loader, "cpu", num_classes=4, amp_dtype=engine._amp_dtype(torch.device("cpu"), True))
+    engine.evaluate(model, loader, "cpu", num_classes=4, amp_dtype=engine.amp_dtype(torch.device("cpu"), True))
     assert seen == [torch.bfloat16]
