@@ -21,8 +21,8 @@ import time
 import numpy as np
 import torch
 
-from cropmap.cli import (InputError, add_map_args, device_name, nonneg_int, positive_int, run_cli, select_device,
-                         warn)
+from cropmap.cli import InputError, add_map_args, device_name, nonneg_int, positive_int, run_cli, warn
+from cropmap.device import select_device
 from cropmap.files import check_output_dir, check_output_file
 from cropmap.inference import TTA_MODES, predict_image
 from cropmap.layout import (TEST_SOURCE_DIR, map_path, map_suffix, model_dir, preview_path, prob_paths, source_path,
@@ -45,8 +45,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--batch_size", type=positive_int, default=8, help="windows per forward pass (default: 8)")
     p.add_argument("--workers", type=nonneg_int, default=2, help="DataLoader worker processes decoding windows (default: 2)")
     p.add_argument("--device", type=device_name, default=None,
-                   help="cpu, cuda or cuda:N (default: cuda if available, else cpu)")
-    p.add_argument("--amp", action="store_true", help="mixed precision (float16 autocast on CUDA, bfloat16 on CPU)")
+                   help="cuda, cuda:N or cpu (default: cuda when available, else cpu; cuda means the current GPU)")
+    p.add_argument("--amp", action="store_true",
+                   help="mixed precision, as in training: bf16 where the GPU supports it, else fp16; bf16 on the CPU")
     p.add_argument(
         "--tta",
         nargs="?",

@@ -36,7 +36,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--output_stride", type=int, default=16, help="DeepLabV3 output stride (8 or 16)")
     parser.add_argument("--num_classes", type=int, default=4)
-    parser.add_argument("--amp", action="store_true", help="autocast (bfloat16 on CPU, float16 on CUDA)")
+    parser.add_argument("--amp", action="store_true", help="autocast, as in training (cropmap.device.amp_dtype: bf16 where supported, else fp16)")
     parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads for this run (0 = leave)")
     return parser
 
@@ -79,10 +79,12 @@ def _measure(model, x, device, args, channels_last: bool, label: str) -> tuple[f
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
     x = x.contiguous(memory_format=fmt)
-    amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    from cropmap.device import amp_dtype
+
+    dtype = amp_dtype(device, args.amp)
 
     def autocast():
-        return torch.autocast(device.type, dtype=amp_dtype, enabled=args.amp)
+        return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
     def forward():
         with torch.inference_mode(), autocast():
@@ -117,7 +119,9 @@ def main(args) -> str:
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    from cropmap.device import select_device
+
+    device = select_device(args.device)
     pairs = _pairs(args, models)
     torch.manual_seed(0)
     x = torch.randn(args.batch_size, 3, args.size, args.size, device=device)

@@ -84,12 +84,13 @@ def throughput(args) -> dict:
 
     from cropmap.checkpoint import find_best, load_model
     from cropmap.data import normalize
+    from cropmap.device import select_device
     from cropmap.inference import WindowDataset, forward_probs, predict_image
     from cropmap.layout import TEST_DIR, window_folder
     from cropmap.tiling import read_tiles_csv
 
     root = Path(args.data_root)
-    device = torch.device(args.device)
+    device = select_device(args.device)
     model, _ = load_model(find_best(root / "model"), device=device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
@@ -101,7 +102,7 @@ def throughput(args) -> dict:
 
     def sync():
         if device.type == "cuda":
-            torch.cuda.synchronize()
+            torch.cuda.synchronize(device)
 
     def bare_pass() -> float:
         t0 = time.perf_counter()

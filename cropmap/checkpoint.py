@@ -207,12 +207,15 @@ def get_rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
-    """Restore what :func:`get_rng_state` saved."""
-    random.setstate((state["python_version"], tuple(int(x) for x in state["python"].tolist()), state["python_gauss"]))
-    keys = state["numpy_keys"].numpy().view(np.uint32)
-    np.random.set_state(("MT19937", keys, state["numpy_pos"], state["numpy_has_gauss"], state["numpy_gauss"]))
-    torch.set_rng_state(state["torch"])
+    """Restore what :func:`get_rng_state` saved (its tensors may have been loaded onto any CPU-copyable
+    device; they are brought to the CPU first). A CUDA state is restored only on a machine with as many
+    GPUs; a CPU-only machine ignores it."""
+    cpu = {k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in state.items() if k != "cuda"}
+    random.setstate((cpu["python_version"], tuple(int(x) for x in cpu["python"].tolist()), cpu["python_gauss"]))
+    keys = cpu["numpy_keys"].numpy().view(np.uint32)
+    np.random.set_state(("MT19937", keys, cpu["numpy_pos"], cpu["numpy_has_gauss"], cpu["numpy_gauss"]))
+    torch.set_rng_state(cpu["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        cuda = state["cuda"]
+        cuda = [t.cpu() for t in state["cuda"]]
         if len(cuda) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(cuda)

@@ -7,7 +7,7 @@
   :data:`nonneg_int`, :data:`seed_int`, :data:`num_classes_int`, :data:`positive_float`, :data:`nonneg_float`,
   :data:`finite_float`, :data:`fraction`, :data:`positive_int_list`): argparse prints the usage and one
   ``error:`` line naming the flag, exit status 2, before any work starts.
-* :func:`device_name` (a flag type) and :func:`select_device` - the one rule for ``--device``.
+* :func:`device_name` - the flag type of ``--device`` (its spelling; :mod:`cropmap.device` selects it).
 * :func:`warn` - a one-line warning on stderr; :class:`ArgumentParser` - a parser that remembers which
   flags were typed (:func:`typed_flags`), so a resumed run can tell a retyped flag from a default.
 * :func:`add_map_args` - the flags that predict.py, vote.py, fill_hole.py and score.py share.
@@ -126,37 +126,12 @@ _DEVICE = re.compile(r"cpu|cuda(:\d+)?")
 def device_name(text: str) -> str:
     """An ``argparse`` type for ``--device``: ``cpu``, ``cuda`` or ``cuda:N`` (returned as given).
 
-    Only the spelling is checked here (at parse time, no CUDA call); :func:`select_device` checks that
-    the machine has it.
+    Only the spelling is checked here (at parse time, no CUDA call); :func:`cropmap.device.select_device`
+    checks that the machine has it.
     """
     if not _DEVICE.fullmatch(str(text)):
         raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:N, got {text!r}")
     return str(text)
-
-
-def select_device(name: str | None = None):
-    """The ``torch.device`` of a ``--device`` value, checked against this machine (the one rule of every script).
-
-    ``None``: ``cuda`` when CUDA is available, else ``cpu``. :class:`InputError` for a misspelt name,
-    CUDA on a machine without it, or ``cuda:N`` past the last GPU. Which GPU a distributed process
-    takes is decided by the caller (see :func:`cropmap.engine.init_distributed`).
-    """
-    import torch
-
-    if name is None:
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device_name(name)
-    except argparse.ArgumentTypeError as e:
-        raise InputError(f"--device: {e}") from None
-    device = torch.device(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise InputError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
-        count = torch.cuda.device_count()
-        if device.index is not None and device.index >= count:
-            raise InputError(f"--device {name}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
-    return device
 
 
 # ---- messages -----------------------------------------------------------------------------------

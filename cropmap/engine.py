@@ -43,7 +43,8 @@ from torch.utils.data import DataLoader, Subset
 from . import checkpoint as ckpt
 from .cli import (ArgumentParser, InputError, device_name, nonneg_float, nonneg_int, num_classes_int,
                   plain_flags, positive_float, positive_int, positive_int_list, progress as progress_bar, ranged,
-                  seed_int, select_device, short, typed_flags)
+                  seed_int, short, typed_flags)
+from .device import amp_dtype, local_rank, select_device
 from .data import MultiScaleBatchSampler, TileDataset, checked, collate, oversample_weights, shard_indices
 from .files import check_output_dir, copy_atomic
 from .hooks import Hook, SWAHook
@@ -203,13 +204,13 @@ def build_model(args: argparse.Namespace, device: torch.device, world_size: int 
                       aux=args.aux_weight > 0)
     except (ValueError, FileNotFoundError) as e:
         raise InputError(str(e)) from None
-    if args.sync_bn and world_size > 1:
+    if args.sync_bn and _is_dist():
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
     net: nn.Module = model
-    if world_size > 1:
+    if _is_dist():  # torchrun, even with one process
         ids = [device.index] if device.type == "cuda" else None
         net = nn.parallel.DistributedDataParallel(model, device_ids=ids)
     return model, net
@@ -234,33 +235,25 @@ def build_optimizer(args: argparse.Namespace, model: nn.Module, total_iters: int
 # ---- devices ------------------------------------------------------------------------------------
 
 def init_distributed(device_arg: str | None) -> tuple[int, int, torch.device]:
-    """Start the process group under ``torchrun`` (``WORLD_SIZE`` > 1) and pick this process's device.
+    """Pick this process's device (:func:`cropmap.device.select_device`: CUDA always indexed,
+    ``cuda:LOCAL_RANK`` under ``torchrun``) and start the process group under ``torchrun``.
 
+    Under ``torchrun`` (``LOCAL_RANK`` and ``MASTER_ADDR`` set) the process group is started even for one
+    process, so that ``torchrun --nproc_per_node 1`` runs the same DistributedDataParallel path as several.
     Returns ``(rank, world_size, device)``; NCCL on CUDA, gloo on CPU.
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = select_device(device_arg)  # the one --device rule: spelling, and CUDA present
-    if device.type == "cuda":
-        if world_size > 1:
-            device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-    if world_size > 1 and not dist.is_initialized():
+    device = select_device(device_arg)
+    torchrun = local_rank() is not None and "MASTER_ADDR" in os.environ
+    if (world_size > 1 or torchrun) and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     rank = dist.get_rank() if dist.is_initialized() else 0
+    world_size = dist.get_world_size() if dist.is_initialized() else world_size
     return rank, world_size, device
 
 
 def _is_dist() -> bool:
     return dist.is_available() and dist.is_initialized()
-
-
-def _amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
-    if not enabled:
-        return None
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16
 
 
 @torch.no_grad()
@@ -339,7 +332,7 @@ class Trainer:
         seed_everything(args.seed)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
-        self.amp_dtype = _amp_dtype(self.device, args.amp)
+        self.amp_dtype = amp_dtype(self.device, args.amp)
 
         data = build_data(args, self.scales, self.batch_sizes, self.rank, self.world_size,
                           pin_memory=self.device.type == "cuda")
@@ -442,8 +435,23 @@ class Trainer:
                 dist.all_reduce(b)
                 b.div_(self.world_size)
 
+    def broadcast_buffers(self, module: nn.Module) -> None:
+        """Give every process rank 0's buffers (BatchNorm statistics); no-op without DDP.
+
+        Each process updates its running statistics from its own batches, so after an epoch they differ;
+        DDP broadcasts rank 0's at each training forward, so this changes no later training step.
+        """
+        if not _is_dist():
+            return
+        for b in module.buffers():
+            dist.broadcast(b, src=0)
+
     def validate(self, model: nn.Module) -> dict:
-        """Validation metrics of ``model``: ``iou`` list, ``mIoU``, ``mIoU_all``, ``pixel_acc``, ``confusion``, ``val_loss``."""
+        """Validation metrics of ``model``: ``iou`` list, ``mIoU``, ``mIoU_all``, ``pixel_acc``, ``confusion``, ``val_loss``.
+
+        Every process validates its shard of the tiles with rank 0's model (the one that is saved).
+        """
+        self.broadcast_buffers(model)
         show = self.is_main and not self.args.quiet
         cm, loss = evaluate(model, self.val_loader, self.device, self.args.num_classes, self.criterion,
                             self.amp_dtype, progress=show)
@@ -462,7 +470,9 @@ class Trainer:
         if self.is_main:
             print(f"training {run_name(vars(args))}: {len(self.train_set)} train / {len(self.val_set)} val tiles, "
                   f"{self.iters_per_epoch} iterations per epoch, scales {self.scales}, batch sizes {self.batch_sizes}, "
-                  f"{self.world_size} process(es) on {self.device}", flush=True)
+                  f"{self.world_size} process(es) on {self.device}"
+                  + (f" (DDP, {dist.get_backend()})" if _is_dist() else "")
+                  + f", amp {str(self.amp_dtype).replace('torch.', '') if self.amp_dtype else 'off'}", flush=True)
         for epoch in range(self.start_epoch, args.epochs):
             start = time.perf_counter()
             stats = self.train_one_epoch(epoch)
@@ -543,18 +553,32 @@ class Trainer:
 
 
 def evaluate_checkpoint(args: argparse.Namespace) -> dict:
-    """Without ``--train``: evaluate ``--checkpoint`` (or ``--resume``, or the run's ``_best.pth``) on the val tiles."""
+    """Without ``--train``: evaluate ``--checkpoint`` (or ``--resume``, or the run's ``_best.pth``) on the val tiles.
+
+    Same device rule as training; under ``torchrun`` each process evaluates its shard of the tiles and
+    rank 0 prints the table of the summed counts.
+    """
     path = args.checkpoint or args.resume or checkpoint_path(model_dir(args.data_root), vars(args), "best")
-    _, _, device = init_distributed(args.device)
-    model, saved = ckpt.load_model(path, device=device)
-    num_classes = int(saved.get("num_classes", args.num_classes))
-    val_set = TileDataset(args.data_root, "val", num_classes, augment=False)
-    loader = DataLoader(val_set, batch_size=max(1, args.batch_size), num_workers=args.workers, collate_fn=collate)
-    if device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
-    cm, _ = evaluate(model, loader, device, num_classes, amp_dtype=_amp_dtype(device, args.amp), progress=not args.quiet)
-    print(f"{path}: {len(val_set)} validation tiles")
-    print(cm.table())
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rank, world_size, device = init_distributed(args.device)
+    try:
+        model, saved = ckpt.load_model(path, device=device)
+        num_classes = int(saved.get("num_classes", args.num_classes))
+        val_set = TileDataset(args.data_root, "val", num_classes, augment=False)
+        part = Subset(val_set, shard_indices(len(val_set), rank, world_size))
+        loader = DataLoader(part, batch_size=max(1, args.batch_size), num_workers=args.workers, collate_fn=collate,
+                            pin_memory=device.type == "cuda")
+        if device.type == "cuda":
+            model.to(memory_format=torch.channels_last)
+        cm, _ = evaluate(model, loader, device, num_classes, amp_dtype=amp_dtype(device, args.amp),
+                         progress=rank == 0 and not args.quiet)
+    finally:
+        if _is_dist():
+            dist.destroy_process_group()
+    if rank == 0:
+        print(f"{path}: {len(val_set)} validation tiles")
+        print(cm.table())
     return cm.compute()
 
 
@@ -664,8 +688,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
     g = p.add_argument_group("hardware")
     g.add_argument("--device", type=device_name, default=None,
-                   help="cuda, cuda:N or cpu (default: cuda when available, else cpu); on CUDA channels_last and "
-                   "cudnn.benchmark are on")
+                   help="cuda, cuda:N or cpu (default: cuda when available, else cpu; cuda is the current GPU, "
+                   "under torchrun cuda:LOCAL_RANK); on CUDA channels_last and cudnn.benchmark are on")
     g.add_argument("--threads", type=positive_int, default=None,
                    help="CPU threads of each training process (default: PyTorch's choice; 1 is faster on a busy machine)")
     g.add_argument("--amp", action="store_true",

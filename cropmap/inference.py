@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .data import normalize  # the one input normalisation
 from .cli import InputError, progress as progress_bar
+from .device import amp_dtype
 from .layout import prob_paths
 from .raster import RasterInfo, open_writer, read_png, valid_mask, write_png
 from .stitch import BandStitcher, PreviewCanvas
@@ -106,7 +107,8 @@ def forward_probs(
         x: float32 ``[B, 3, H, W]`` normalised images; H, W are padded (edge replicate) to ``multiple``
             for the model and the output is cropped back.
         tta: one of :data:`TTA_MODES`.
-        amp: autocast (float16 on CUDA, bfloat16 on CPU).
+        amp: autocast in the dtype of :func:`cropmap.device.amp_dtype` (the rule of training and evaluation:
+            bfloat16 where supported, else float16 on CUDA; bfloat16 on the CPU).
 
     Returns:
         float32 ``[B, C, H, W]`` softmax probabilities (each pixel sums to 1).
@@ -117,11 +119,11 @@ def forward_probs(
         x = torch.nn.functional.pad(x, (0, pw, 0, ph), mode="replicate")
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    dtype = torch.float16 if x.device.type == "cuda" else torch.bfloat16
+    dtype = amp_dtype(x.device, amp)
     total = None
     transforms = _transforms(tta)
     for fwd, inv in transforms:
-        with torch.autocast(x.device.type, dtype=dtype, enabled=amp):
+        with torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             logits = _logits(model, fwd(x))
         p = inv(torch.softmax(logits.float(), dim=1))
         total = p if total is None else total.add_(p)

@@ -37,8 +37,11 @@ def make_tile(rng: np.random.Generator, size: int = 64, stripes: int = 4, num_cl
 
 
 def make_tiles(root: str | Path, n_train: int = 16, n_val: int = 4, size: int = 64, seed: int = 0,
-               num_classes: int = 4, n_gap: int = 1) -> Path:
-    """Write ``{root}/train/{data,label}/*.png`` and ``{root}/train/tiles.csv``; returns ``root``."""
+               num_classes: int = 4, n_gap: int = 1, rare_every: int = 0) -> Path:
+    """Write ``{root}/train/{data,label}/*.png`` and ``{root}/train/tiles.csv``; returns ``root``.
+
+    ``rare_every`` > 0: the last class appears only in every ``rare_every``-th tile (a rare class).
+    """
     root = Path(root)
     rng = np.random.default_rng(seed)
     rows = []
@@ -46,7 +49,8 @@ def make_tiles(root: str | Path, n_train: int = 16, n_val: int = 4, size: int = 
     for i, split in enumerate(splits):
         y, x = (i // 8) * size, (i % 8) * size
         name = f"image_1_{y}_{x}.png"
-        image, label = make_tile(rng, size, num_classes=num_classes, nodata=i % 3 == 0)
+        classes = num_classes - 1 if rare_every and i % rare_every else num_classes
+        image, label = make_tile(rng, size, num_classes=classes, nodata=i % 3 == 0)
         write_png(root / "train" / "data" / name, image)
         write_png(root / "train" / "label" / name, label)
         counts = [int((label == k).sum()) for k in range(num_classes)]

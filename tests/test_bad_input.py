@@ -20,7 +20,8 @@ from _small_data import (TEST_SRC, TRAIN_SRC, assert_one_error, assert_parse_err
                          make_layout, make_source, run_script)
 from _train_fixtures import make_tiles
 from cropmap import cli, engine
-from cropmap.cli import InputError, run_cli, select_device, typed_flags
+from cropmap.cli import InputError, run_cli, typed_flags
+from cropmap.device import select_device
 from cropmap.files import atomic_path
 from cropmap.raster import raster_info, read_png, write_png
 from cropmap.tiling import read_tiles_csv
@@ -258,7 +259,7 @@ def test_device_rule(monkeypatch, capfd, tmp_path):
     assert select_device(None) == torch.device("cpu")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    with pytest.raises(InputError, match="cuda:3: this machine has 1 CUDA device"):
+    with pytest.raises(InputError, match="cuda:3: no CUDA device 3 .this machine shows 1"):
         select_device("cuda:3")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     for script in ("predict", "train", "run_pipeline"):  # the same spelling rule at parse time

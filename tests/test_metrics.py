@@ -144,19 +144,36 @@ def test_merge_iadd_reset():
         a.merge(ConfusionMatrix(3))
 
 
-def test_all_reduce_single_process_group(tmp_path):
+def _all_reduce_worker(rank: int, world_size: int, store: str, out: str) -> None:
+    """One of ``world_size`` gloo processes: counts its share of the images, then sums over processes."""
     import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world_size)
+    try:
+        preds, labels, valid = _random_maps(3)
+        cm = ConfusionMatrix(4)
+        cm.update(preds[rank::world_size], labels[rank::world_size], valid[rank::world_size])
+        torch.save(cm.all_reduce().matrix, f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_all_reduce_sums_over_two_processes(tmp_path):
+    """Two gloo processes each count part of the images; after all_reduce both hold the whole count."""
+    import torch.multiprocessing as mp
 
     preds, labels, valid = _random_maps(3)
     cm = ConfusionMatrix(4)
     cm.update(preds, labels, valid)
     before = cm.matrix.clone()
     assert torch.equal(cm.all_reduce().matrix, before)  # not initialised: no-op
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
-    try:
-        assert torch.equal(cm.all_reduce().matrix, before)  # sum over one process
-    finally:
-        dist.destroy_process_group()
+    expected = torch.as_tensor(_reference_confusion(preds, labels, valid))
+    out = str(tmp_path / "cm")
+    mp.spawn(_all_reduce_worker, args=(2, str(tmp_path / "store"), out), nprocs=2, join=True)
+    for rank in range(2):
+        got = torch.load(f"{out}.{rank}", weights_only=True)
+        assert torch.equal(got, expected), (rank, got, expected)
 
 
 def test_iou_from_confusion_function():

@@ -207,7 +207,8 @@ def test_predict_cli_end_to_end(tmp_path, monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "cropmap.checkpoint", FakeCheckpoint)
     monkeypatch.setattr(cropmap, "checkpoint", FakeCheckpoint, raising=False)
     args = predict.get_args_parser().parse_args(
-        ["--data_root", str(tmp_path), "--images", "image_3", "--name", "oracle", "--workers", "0", "--quiet", "--save_probs"]
+        ["--data_root", str(tmp_path), "--images", "image_3", "--name", "oracle", "--workers", "0", "--quiet", "--save_probs",
+         "--device", "cpu"]
     )
     predict.main(args)
     out = tmp_path / "submit" / "image_3_predict_oracle.png"

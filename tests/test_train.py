@@ -4,14 +4,18 @@ Everything runs on the CPU with ResNet-18 DeepLabv3 (ResNet-34 U-Net for its scr
 coloured-stripe tiles (tests/_train_fixtures.py), a few iterations each.
 """
 
+import csv
 import importlib
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from _train_fixtures import make_tiles, tiny_args
 from cropmap import checkpoint as ckpt
@@ -49,6 +53,78 @@ def run_script(module: str, root: Path, *extra: str, hooks=None):
     return mod.main(args) if hooks is None else mod.main(args, hooks=hooks)
 
 
+# ImageNet statistics, written out here so that the check does not share the pipeline's normalisation
+MEAN, STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+
+
+def independent_confusion(model, root: Path, amp: bool = False) -> np.ndarray:
+    """Confusion matrix (rows = label) of ``model`` on the val tiles of ``root``, computed without the
+    pipeline's reader, dataset, loader or metric: PIL, numpy, one tile at a time."""
+    with open(root / "train" / "tiles.csv", newline="") as f:
+        names = [r["name"] for r in csv.DictReader(f) if r["split"] == "val"]
+    conf = np.zeros((4, 4), np.int64)
+    model.eval()
+    for name in names:
+        image = np.asarray(Image.open(root / "train" / "data" / name).convert("RGB"), np.float64)
+        label = np.asarray(Image.open(root / "train" / "label" / name)).astype(np.int64)
+        x = torch.from_numpy(((image / 255 - MEAN) / STD).transpose(2, 0, 1)[None].astype(np.float32))
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            pred = model(x)["out"].float().argmax(1)[0].numpy()
+        keep = label != 255
+        conf += np.bincount(label[keep] * 4 + pred[keep], minlength=16).reshape(4, 4)
+    return conf
+
+
+def miou_of(conf: np.ndarray) -> float:
+    """Mean over the crop classes 1..3 of TP / (TP + FP + FN), classes absent from labels and predictions skipped."""
+    ious = []
+    for c in range(1, 4):
+        union = conf[c].sum() + conf[:, c].sum() - conf[c, c]
+        if union:
+            ious.append(conf[c, c] / union)
+    return float(np.mean(ious))
+
+
+def assert_same_counts(metrics: dict, conf: np.ndarray, tolerance: int = 0) -> None:
+    """The pipeline's confusion matrix counts the same pixels as ``conf``; at most ``tolerance`` pixels
+    predicted differently (float rounding of other batch sizes may flip a near tie)."""
+    ours = np.array(metrics["confusion"], np.int64)
+    np.testing.assert_array_equal(ours.sum(1), conf.sum(1))  # the same labelled pixels, each counted once
+    assert np.abs(ours - conf).sum() <= 2 * tolerance, (ours, conf)
+    assert metrics["mIoU"] == pytest.approx(miou_of(ours), abs=1e-12)  # the metric's definition, exactly
+    if tolerance == 0:
+        assert metrics["mIoU"] == pytest.approx(miou_of(conf), abs=1e-12)
+
+
+@pytest.fixture
+def probe(monkeypatch):
+    """Records, for every training step, the labels drawn, and the dtype of the first convolution's output
+    in training steps and in validation (``(training, dtype)`` pairs)."""
+    seen = {"labels": [], "dtypes": []}
+    step, evaluate = engine.Trainer.train_step, engine.evaluate
+
+    def hook_first_conv(model):
+        conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+        return conv.register_forward_hook(lambda m, i, o: seen["dtypes"].append((m.training, o.dtype)))
+
+    def train_step(self, images, labels):
+        if not getattr(self, "_probed", False):
+            self._probed = hook_first_conv(self.model)
+        seen["labels"].append(labels.clone())
+        return step(self, images, labels)
+
+    def evaluate_probed(model, *args, **kwargs):
+        handle = hook_first_conv(model)
+        try:
+            return evaluate(model, *args, **kwargs)
+        finally:
+            handle.remove()
+
+    monkeypatch.setattr(engine, "evaluate", evaluate_probed)
+    monkeypatch.setattr(engine.Trainer, "train_step", train_step)
+    return seen
+
+
 def test_learns_a_trivial_pattern(tmp_path):
     """Colour-coded stripes: 60 SGD steps take validation mIoU far above chance (about 0.15)."""
     root = make_tiles(tmp_path, n_train=40, n_val=4, size=64, seed=1)
@@ -60,11 +136,13 @@ def test_learns_a_trivial_pattern(tmp_path):
     assert history[-1]["train_loss"] < 0.75 * history[0]["train_loss"]
 
 
-def test_each_script_end_to_end(tiles, tmp_path):
-    """The five scripts train, validate and write checkpoints that rebuild the right model."""
+def test_each_script_end_to_end(tiles, tmp_path, probe):
+    """The five scripts train, validate and write checkpoints that rebuild the right model; the validation
+    metrics are those of an independent computation; --amp runs the forward in bf16 (train and eval)."""
     for module in SCRIPTS:
         root = data_root(tmp_path, tiles, module)
         extra = ["--epochs", "1", "--iters_per_epoch", "2", "--crop_size", "32"]
+        amp = module == "train_multiscale"
         if module == "train_swa":
             extra += ["--swa_start", "1"]
         if module == "train_multiscale":
@@ -73,8 +151,12 @@ def test_each_script_end_to_end(tiles, tmp_path):
             extra += ["--backbone", "resnet34"]
         if module == "train_focalloss":
             extra += ["--oversample", "0.5"]
+        probe["dtypes"].clear()
         row = run_script(module, root, *extra)
-        assert row["epoch"] == 1 and 0.0 <= row["mIoU"] <= 1.0
+        assert row["epoch"] == 1
+        want = torch.bfloat16 if amp else torch.float32
+        assert {d for _, d in probe["dtypes"]} == {want}, (module, probe["dtypes"])
+        assert {t for t, _ in probe["dtypes"]} == {True, False}  # seen in training and in validation
         model_dir = root / "model"
         best = ckpt.find_best(model_dir)
         name = {"Unet_resnet34.train": "unet_resnet34_t"}.get(module, "deeplabv3_resnet18_t")
@@ -90,6 +172,7 @@ def test_each_script_end_to_end(tiles, tmp_path):
             assert state["args"]["scales"] == [64, 32]
         model, args = ckpt.load_model(best)
         assert not model.training and args["exp"] == "t"
+        assert_same_counts(state["metrics"], independent_confusion(model, root, amp=amp), tolerance=10 if amp else 2)
         assert torch.equal(model.state_dict()["backbone.conv1.weight" if "deeplab" in name
                                               else "backbone.stem.0.weight"],
                            state["model"]["backbone.conv1.weight" if "deeplab" in name else "backbone.stem.0.weight"])
@@ -148,8 +231,24 @@ class Killer(engine.Hook):
             raise KeyboardInterrupt
 
 
+def as_if_written_on_a_gpu(path: Path) -> None:
+    """Rewrite a checkpoint as a CUDA run writes it: every tensor stored as on ``cuda:0`` and a CUDA
+    random state, so that loading it without ``map_location`` fails on a CPU-only machine."""
+    import torch.serialization as ser
+
+    state = torch.load(path, weights_only=True)
+    state["rng"]["cuda"] = [torch.zeros(16, dtype=torch.uint8)]
+    tag = ser.location_tag
+    ser.location_tag = lambda storage: "cuda:0"
+    try:
+        torch.save(state, path)
+    finally:
+        ser.location_tag = tag
+
+
 def test_resume_gives_the_same_weights(tiles, tmp_path):
-    """SWA run of 4 epochs straight vs. killed in epoch 4 and resumed from _last.pth: identical weights."""
+    """SWA run of 4 epochs straight vs. killed in epoch 4 and resumed from _last.pth: identical weights,
+    also when the checkpoint was written on a GPU and the run resumes on the CPU."""
     common = ["--epochs", "4", "--iters_per_epoch", "2", "--crop_size", "32", "--swa_start", "3",
               "--swa_anneal_epochs", "1", "--val_every", "0", "--scales", "32,64", "--batch_sizes", "4,2"]
     straight, killed = data_root(tmp_path, tiles, "a"), data_root(tmp_path, tiles, "b")
@@ -158,6 +257,9 @@ def test_resume_gives_the_same_weights(tiles, tmp_path):
         run_script("train_swa", killed, *common, hooks=[Killer(epoch=3, iteration=1)])
     last = killed / "model" / "deeplabv3_resnet18_t_last.pth"
     assert torch.load(last, weights_only=True)["epoch"] == 3
+    as_if_written_on_a_gpu(last)
+    with pytest.raises(RuntimeError, match="CUDA"):  # the file really names a GPU now
+        torch.load(last, weights_only=True)
     run_script("train_swa", killed, *common, "--resume", str(last))
     a = torch.load(straight / "model" / "deeplabv3_resnet18_t_last.pth", weights_only=True)
     b = torch.load(last, weights_only=True)
@@ -167,6 +269,96 @@ def test_resume_gives_the_same_weights(tiles, tmp_path):
             assert torch.equal(value, b[key][name]), (key, name)
     assert a["optimizer"]["param_groups"][1]["lr"] == b["optimizer"]["param_groups"][1]["lr"]
     assert [r["train_loss"] for r in a["history"]] == [r["train_loss"] for r in b["history"]]
+
+
+@pytest.mark.skipif(not hasattr(torch.__future__, "set_swap_module_params_on_conversion"),
+                    reason="needs torch.__future__.set_swap_module_params_on_conversion (PyTorch >= 2.3)")
+def test_resume_on_a_gpu_keeps_random_states_on_the_cpu(tiles, tmp_path):
+    """A run on a GPU resumes with its model and optimizer on the GPU and its random states on the CPU.
+
+    'meta' stands in for the GPU: its tensors refuse ``.numpy()`` and ``.tolist()`` as CUDA tensors do,
+    so a checkpoint mapped wholesale to the training device cannot restore the random states.
+    """
+    root = data_root(tmp_path, tiles, "meta")
+    run_script("train", root, "--epochs", "1", "--iters_per_epoch", "1", "--crop_size", "32", "--val_every", "0")
+    last = root / "model" / "deeplabv3_resnet18_t_last.pth"
+    saved = torch.load(last, weights_only=True)
+    import train
+
+    trainer = engine.Trainer(train.get_args_parser().parse_args(tiny_args(root, "--epochs", "2", "--crop_size", "32")))
+    param = next(trainer.model.parameters())
+    torch.__future__.set_swap_module_params_on_conversion(True)  # keep the optimizer's parameter objects
+    try:
+        trainer.model.to("meta")
+    finally:
+        torch.__future__.set_swap_module_params_on_conversion(False)
+    trainer.device = torch.device("meta")
+    torch.manual_seed(12345)
+    np.random.seed(12345)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "copying from a non-meta parameter ... is a no-op"
+        trainer.load(last)
+    assert trainer.start_epoch == 1
+    assert torch.equal(torch.get_rng_state(), saved["rng"]["torch"])
+    assert np.random.get_state()[1].tobytes() == saved["rng"]["numpy_keys"].numpy().tobytes()
+    assert param.device.type == "meta" and trainer.optimizer.state[param]["momentum_buffer"].device.type == "meta"
+
+
+def test_oversampling_shifts_the_class_mix(tmp_path):
+    """With a rare class in one tile of six, --oversample 1 draws its pixels as often as the weights say (twice the data's share)."""
+    import train
+
+    root = make_tiles(tmp_path, n_train=24, n_val=2, size=64, seed=2, rare_every=6)
+    share = {}
+    for power in ("0", "1"):
+        args = train.get_args_parser().parse_args(tiny_args(root, "--oversample", power, "--scale_min", "1",
+                                                            "--scale_max", "1"))
+        trainer = engine.Trainer(args)
+        counts = np.zeros(4, np.int64)
+        for epoch in range(8):
+            trainer.sampler.set_epoch(epoch)
+            for _, labels in trainer.train_loader:
+                counts += np.bincount(labels[labels != 255].numpy(), minlength=4)
+        share[power] = counts / counts.sum()
+    with open(root / "train" / "tiles.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["split"] == "train"]
+    counts = np.array([[int(r[f"c{k}"]) for k in range(4)] for r in rows], np.float64)  # [tiles, classes]
+    f = counts.sum(0) / counts.sum()
+    # power 1: a tile is drawn in proportion to the mean over its pixels of 1 / (share of the pixel's class)
+    w = (counts / counts.sum(1, keepdims=True) * (1 / f)).sum(1)
+    expected = (w[:, None] * counts).sum(0) / (w[:, None] * counts).sum()
+    assert share["0"][3] == pytest.approx(f[3], rel=0.3)  # uniform draws: about the data's share (4%)
+    assert share["1"][3] == pytest.approx(expected[3], rel=0.3)  # about twice as much
+    assert share["1"][3] > 1.6 * share["0"][3], share
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_unreadable_tile_is_one_line_with_loader_workers(tiles, tmp_path, capsys, workers):
+    """A corrupt tile stops training (training or validation tile) and evaluation with one line naming it,
+    also when a loader worker process reads it."""
+    import shutil
+
+    import train
+
+    root = tmp_path / "bad"
+    shutil.copytree(tiles / "train", root / "train")
+    run_script("train", root, "--epochs", "1", "--iters_per_epoch", "1", "--crop_size", "32", "--exp", "ok")
+    with open(root / "train" / "tiles.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    first = {split: next(r["name"] for r in rows if r["split"] == split) for split in ("train", "val")}
+    train_run = tiny_args(root, "--epochs", "1", "--iters_per_epoch", "3", "--crop_size", "32", "--workers", str(workers))
+    evaluation = ["--data_root", str(root), "--exp", "ok", "--backbone", "resnet18", "--device", "cpu", "--quiet",
+                  "--workers", str(workers)]
+    parser = train.get_args_parser()
+    for split, argv in [("train", train_run), ("val", train_run), ("val", evaluation)]:
+        path = root / "train" / "data" / first[split]
+        good = path.read_bytes()
+        path.write_bytes(good[: len(good) // 2])  # truncated
+        capsys.readouterr()
+        assert run_cli(train.main, parser.parse_args(argv)) == 2
+        err = capsys.readouterr().err.strip()
+        assert first[split] in err and "\n" not in err and "Traceback" not in err, (split, err)
+        path.write_bytes(good)
 
 
 def test_evaluate_mode_prints_the_iou_table(tiles, tmp_path, capsys):
@@ -180,7 +372,13 @@ def test_evaluate_mode_prints_the_iou_table(tiles, tmp_path, capsys):
     metrics = train.main(args)
     out = capsys.readouterr().out
     assert "deeplabv3_resnet18_t_best.pth" in out and "mIoU (1..3)" in out and "3 coix" in out
+    model, _ = ckpt.load_model(root / "model" / "deeplabv3_resnet18_t_best.pth")
+    conf = independent_confusion(model, root)
+    assert_same_counts(metrics, conf, tolerance=2)
     assert metrics["mIoU"] == pytest.approx(row["mIoU"])
+    for c, name in enumerate(["0 other", "1 tobacco", "2 corn", "3 coix"]):  # the table's pixel counts
+        line = next(ln for ln in out.splitlines() if ln.startswith(name))
+        assert int(line.split()[-2]) == conf[c].sum()
 
 
 def test_user_errors_are_one_line(tmp_path, tiles, capsys):
@@ -193,7 +391,8 @@ def test_user_errors_are_one_line(tmp_path, tiles, capsys):
         (tiny_args(tiles, "--backbone", "resnet9"), "unknown backbone 'resnet9' for deeplabv3"),
         (tiny_args(tiles, "--resume", str(tmp_path / "none.pth")), "none.pth: checkpoint not found"),
         (tiny_args(tiles, "--sync_bn"), "--sync_bn needs CUDA"),
-        (["--data_root", str(tmp_path), "--checkpoint", str(tmp_path / "x.pth")], "x.pth: checkpoint not found"),
+        (["--data_root", str(tmp_path), "--checkpoint", str(tmp_path / "x.pth"), "--device", "cpu"],
+         "x.pth: checkpoint not found"),
     ]
     for argv, message in cases:
         assert run_cli(train.main, parser.parse_args(argv)) == 2
@@ -209,7 +408,8 @@ def test_user_errors_are_one_line(tmp_path, tiles, capsys):
 
 def test_unet_script_runs_from_the_repo_root(tmp_path):
     """``python Unet_resnet34/train.py`` imports the repository's packages; a user error is one line, exit 2."""
-    proc = subprocess.run([sys.executable, "Unet_resnet34/train.py", "--train", "--data_root", str(tmp_path)],
+    proc = subprocess.run([sys.executable, "Unet_resnet34/train.py", "--train", "--data_root", str(tmp_path),
+                           "--device", "cpu"],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error:") and "tiles.csv: file not found" in proc.stderr
@@ -217,19 +417,33 @@ def test_unet_script_runs_from_the_repo_root(tmp_path):
 
 
 def test_ddp_two_cpu_processes(tiles, tmp_path):
-    """torchrun with 2 gloo processes: both train their shard, rank 0 alone writes checkpoint and logs."""
+    """torchrun with 2 gloo processes: both train their shard, rank 0 alone writes checkpoint and logs, and the
+    validation the two processes share gives the metrics of one process validating the saved model alone;
+    so does evaluating that checkpoint (without --train) with 2 processes."""
     root = data_root(tmp_path, tiles, "ddp")
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "train.py",
-           *tiny_args(root, "--epochs", "1", "--iters_per_epoch", "2", "--crop_size", "32")]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    cmd = [*torchrun, "train.py", *tiny_args(root, "--epochs", "1", "--iters_per_epoch", "2", "--crop_size", "32")]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "2 process(es)" in proc.stdout and proc.stdout.count("epoch 1/1:") == 1  # rank 0 prints alone
+    assert "2 process(es) on cpu (DDP, gloo)" in proc.stdout and proc.stdout.count("epoch 1/1:") == 1  # rank 0 prints alone
     state = torch.load(root / "model" / "deeplabv3_resnet18_t_last.pth", weights_only=True)
     assert state["epoch"] == 1 and not any(k.startswith("module.") for k in state["model"])
     assert not list((root / "model").glob(".*.part"))
-    model, _ = ckpt.load_model(root / "model" / "deeplabv3_resnet18_t_best.pth")
+    best = root / "model" / "deeplabv3_resnet18_t_best.pth"
+    model, _ = ckpt.load_model(best)
     assert not model.training
+    conf = independent_confusion(model, root)
+    assert_same_counts(state["metrics"], conf, tolerance=2)
+
+    cmd = [*torchrun, "train.py", "--data_root", str(root), "--checkpoint", str(best), "--device", "cpu",
+           "--workers", "0", "--threads", "1", "--quiet"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("validation tiles") == 1, proc.stdout  # rank 0 prints alone
+    for c, name in enumerate(["0 other", "1 tobacco", "2 corn", "3 coix"]):  # pixel counts summed once, not twice
+        cells = next(ln for ln in proc.stdout.splitlines() if ln.startswith(name)).split()
+        assert int(cells[-2]) == conf[c].sum() and abs(int(cells[-1]) - conf[:, c].sum()) <= 2, (name, cells, conf)
 
 
 def test_bench_train_reports_both_throughputs(tiles, capsys):
