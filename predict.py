@@ -1,12 +1,20 @@
-"""Predict the test images: run a checkpoint over the test windows and stitch full-size maps.
+"""Predict the test images: run a checkpoint over overlapping windows and stitch full-size maps.
 
     python predict.py                                   # best checkpoint in data/model/, image_3 and image_4
     python predict.py --checkpoint data/model/x_best.pth --name deeplabv3 --tta d4 --save_probs
+    python predict.py --source field.png --device cuda --amp          # any image, straight from its file
+    torchrun --nproc_per_node 4 predict.py --amp ...                  # several GPUs share the work
 
-Reads ``{data_root}/test/tiles.csv`` and the windows written by ``generate_test_data.py``; writes
-``{output_dir}/{image}_predict.png`` (or ``{image}_predict_{name}.png`` with ``--name``, for voting),
-a colour preview ``..._preview.png`` beside it and, with ``--save_probs``, per-class probabilities
-``..._prob{c}.png`` (uint8, 255 = 1.0) for ``vote.py --soft``.
+Windows come from ``{data_root}/test/tiles.csv`` and the files ``generate_test_data.py`` wrote when it
+lists the image (the original's way); otherwise (or with ``--from_source``) straight from the source image
+(``{data_root}/jingwei_round1_test_a_20190619/{image}.png``, or ``--source PATH``), decoded once in bands,
+windows of ``--tile_size`` every ``--stride`` pixels. Writes ``{output_dir}/{image}_predict.png`` (or
+``{image}_predict_{name}.png`` with ``--name``, for voting), a colour preview ``..._preview.png`` beside it
+and, with ``--save_probs``, per-class probabilities ``..._prob{c}.png`` (uint8, 255 = 1.0) for
+``vote.py --soft``.
+
+Under ``torchrun`` the processes take whole images when there are at least as many images as processes,
+and otherwise share each image by rows; the maps are the same, byte for byte, as one process's.
 """
 
 from __future__ import annotations
@@ -14,18 +22,21 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 import torch
 
-from cropmap.cli import add_map_args, run_cli
-from cropmap.inference import TTA_MODES, predict_image
-from cropmap.layout import map_path, model_dir, preview_path, submit_dir, windows_dir, window_folder, tiles_csv
+from cropmap.cli import InputError, add_map_args, run_cli
+from cropmap.inference import TTA_MODES, assign_images, predict_from_source, predict_image
+from cropmap.layout import map_path, model_dir, predict_source, preview_path, submit_dir, tiles_csv, window_folder, windows_dir
+from cropmap.raster import check_image
 from cropmap.stitch import BLEND_MODES
 from cropmap.tiling import read_tiles_csv
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Predict full-size maps from the test windows", add_help=add_help)
+    p = argparse.ArgumentParser(description="Predict full-size maps from the test windows or straight from the images",
+                                add_help=add_help)
     add_map_args(p, "to predict", num_classes=False)
     p.add_argument("--checkpoint", default=None, help="checkpoint .pth (default: the newest *_best.pth in DATA_ROOT/model)")
     p.add_argument(
@@ -34,11 +45,24 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         help="model name appended to the output: IMAGE_predict_NAME.png, to keep per-model maps for vote.py "
         "(default: none, IMAGE_predict.png)",
     )
+    p.add_argument("--source", default=None,
+                   help="predict this one image file straight from its pixels (instead of --images); the map is "
+                        "named after its file name: OUTPUT_DIR/STEM_predict[_NAME] (default: none)")
+    p.add_argument("--from_source", action="store_true",
+                   help="read the windows of --images from their source images even where test/tiles.csv lists them")
+    p.add_argument("--tile_size", type=int, default=512,
+                   help="window side when reading from the source; pre-cut windows keep theirs (default: 512)")
+    p.add_argument("--stride", type=int, default=None,
+                   help="distance between windows when reading from the source (default: half the window)")
     p.add_argument("--batch_size", type=int, default=8, help="windows per forward pass (default: 8)")
-    p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes decoding windows (default: 2)")
+    p.add_argument("--workers", type=int, default=2,
+                   help="DataLoader worker processes decoding pre-cut window files (default: 2); a source image is "
+                        "decoded by one thread running ahead of the model")
     p.add_argument(
-        "--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device (default: cuda if available, else cpu)"
+        "--device", default=None,
+        help="torch device: cuda, cuda:N or cpu (default: cuda if available, else cpu; under torchrun one GPU per process)"
     )
+    p.add_argument("--threads", type=int, default=None, help="CPU threads of PyTorch in each process (default: PyTorch's choice)")
     p.add_argument("--amp", action="store_true", help="mixed precision (float16 autocast on CUDA, bfloat16 on CPU)")
     p.add_argument(
         "--tta",
@@ -61,41 +85,86 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     return p
 
 
+def plan(args: argparse.Namespace) -> list[dict]:
+    """One job per image: ``{"image", "pixels", "out"}`` and either ``"rows", "folder"`` (pre-cut windows)
+    or ``"source"`` (a source image); every input checked before any work starts."""
+    output_dir = submit_dir(args.data_root, args.output_dir)
+    if args.source:
+        info = check_image(args.source)
+        image = Path(args.source).stem
+        return [{"image": image, "source": Path(args.source), "pixels": info.height * info.width,
+                 "out": map_path(output_dir, image, args.name, Path(args.source).suffix.lower())}]
+    windows = windows_dir(args.data_root)
+    csv_path = tiles_csv(windows)
+    listed = read_tiles_csv(csv_path) if csv_path.exists() and not args.from_source else []
+    jobs = []
+    for image in args.images:
+        rows = [r for r in listed if r["image"] == image]
+        if rows:
+            jobs.append({"image": image, "rows": rows, "folder": windows / window_folder(image),
+                         "pixels": int(rows[0]["height"]) * int(rows[0]["width"]), "out": map_path(output_dir, image, args.name)})
+            continue
+        source = predict_source(args.data_root, image)
+        if not source.exists():
+            raise InputError(f"{source}: file not found, and {csv_path} lists no windows of {image} "
+                             "(give the image's path with --source, or run generate_test_data.py)")
+        info = check_image(source)
+        jobs.append({"image": image, "source": source, "pixels": info.height * info.width,
+                     "out": map_path(output_dir, image, args.name, source.suffix.lower())})
+    return jobs
+
+
 def main(args: argparse.Namespace) -> list[dict]:
     from cropmap.checkpoint import find_best, load_model
+    from cropmap.engine import init_distributed
 
-    output_dir = submit_dir(args.data_root, args.output_dir)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.tile_size < 32 or (args.stride is not None and args.stride < 1):
+        raise InputError(f"--tile_size must be >= 32 and --stride >= 1, got {args.tile_size} and {args.stride}")
+    rank, world_size, device = init_distributed(args.device)
+    try:
+        return _run(args, rank, world_size, device, find_best, load_model)
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _run(args, rank: int, world_size: int, device: torch.device, find_best, load_model) -> list[dict]:
+    jobs = plan(args)
     checkpoint = args.checkpoint or find_best(model_dir(args.data_root))
-    device = torch.device(args.device)
     model, ckpt_args = load_model(checkpoint, device=device)
+    if isinstance(model, torch.nn.Module):
+        model = model.to(memory_format=torch.channels_last)  # the batches come channels_last
     if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    print(f"checkpoint {checkpoint}: {ckpt_args.get('model')} / {ckpt_args.get('backbone')}")
-    windows = windows_dir(args.data_root)
-    all_rows = read_tiles_csv(tiles_csv(windows))
+        torch.backends.cudnn.benchmark = True
+    if rank == 0:
+        print(f"checkpoint {checkpoint}: {ckpt_args.get('model')} / {ckpt_args.get('backbone')}"
+              + (f", {world_size} processes" if world_size > 1 else ""), flush=True)
+    share = (rank, world_size)
+    if world_size > 1 and len(jobs) >= world_size:  # whole images per process
+        jobs = [jobs[i] for i in assign_images([j["pixels"] for j in jobs], world_size)[rank]]
+        share = (0, 1)
+    num_classes = ckpt_args.get("num_classes")
     results = []
-    for image in args.images:
-        rows = [r for r in all_rows if r["image"] == image]
-        out = map_path(output_dir, image, args.name)
+    for job in jobs:
+        out = job["out"]
+        common = dict(device=device, batch_size=args.batch_size, tta=args.tta, amp=args.amp, blend=args.blend,
+                      save_probs=args.save_probs, preview_path=preview_path(out) if args.preview_size > 0 else None,
+                      preview_size=max(args.preview_size, 1), progress=not args.quiet,
+                      num_classes=int(num_classes) if num_classes else None, rank=share[0], world_size=share[1])
         start = time.perf_counter()
-        res = predict_image(
-            model,
-            rows,
-            windows / window_folder(image),
-            out,
-            device=device,
-            batch_size=args.batch_size,
-            workers=args.workers,
-            tta=args.tta,
-            amp=args.amp,
-            blend=args.blend,
-            save_probs=args.save_probs,
-            preview_path=preview_path(out) if args.preview_size > 0 else None,
-            preview_size=max(args.preview_size, 1),
-            progress=not args.quiet,
-        )
+        if "rows" in job:
+            res = predict_image(model, job["rows"], job["folder"], out, workers=args.workers, **common)
+        else:
+            res = predict_from_source(model, job["source"], out, tile_size=args.tile_size, stride=args.stride, **common)
         took = time.perf_counter() - start
-        print(f"{image}: {res['windows']} windows in {took:.1f} s -> {res['map']}")
+        if share[0] == 0:
+            how = "pre-cut windows" if "rows" in job else f"source {job['source']}"
+            print(f"{job['image']}: {res['windows']} windows ({how}) in {took:.1f} s, "
+                  f"{job['pixels'] / 1e6 / max(took, 1e-9):.1f} Mpixel/s -> {res['map']}", flush=True)
         results.append(res)
     return results
 

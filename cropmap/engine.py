@@ -305,7 +305,7 @@ def evaluate(
         logits = out["out"] if isinstance(out, dict) else out
         cm.update(logits.argmax(1), labels)
         if criterion is not None:
-            sums[0] += float(criterion(logits.float(), labels)) * images.shape[0]
+            sums[0] += criterion(logits.float(), labels).detach() * images.shape[0]  # on the device: no sync
         sums[1] += images.shape[0]
     cm.all_reduce()
     if _is_dist():
@@ -335,6 +335,30 @@ def _clean_errors(loader: Iterable) -> Iterator:
 
 
 # ---- the trainer --------------------------------------------------------------------------------
+
+
+class _LaggedValue:
+    """A scalar on the device, shown on the host without waiting for the device: :meth:`push` starts an
+    asynchronous copy, :meth:`read` gives the last copy that has arrived (as text)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.text, self.host, self.event = "...", None, None
+
+    def push(self, value: torch.Tensor) -> None:
+        if not self.cuda:
+            self.text = f"{float(value):.4f}"
+            return
+        self.read()
+        self.host = torch.empty((), dtype=value.dtype, pin_memory=True)
+        self.host.copy_(value.detach(), non_blocking=True)
+        self.event = torch.cuda.Event()
+        self.event.record()
+
+    def read(self) -> str:
+        if self.event is not None and self.event.query():
+            self.text, self.event = f"{float(self.host):.4f}", None
+        return self.text
 
 
 def _check(cond: bool, message: str) -> None:
@@ -405,11 +429,14 @@ class Trainer:
         _check(len(self.sampler) > 0,
                f"{len(self.train_set)} training tiles are fewer than one batch per process ({self.batch_sizes[0]})")
         pin = self.device.type == "cuda"
+        # workers live as long as the trainer: no start-up (imports, forks) at every epoch and validation
+        keep = args.workers > 0
         self.train_loader = DataLoader(self.train_set, batch_sampler=self.sampler, num_workers=args.workers,
-                                       collate_fn=collate, pin_memory=pin)
+                                       collate_fn=collate, pin_memory=pin, persistent_workers=keep)
         val_part = Subset(self.val_set, shard_indices(len(self.val_set), self.rank, self.world_size))
         self.val_loader = DataLoader(val_part, batch_size=max(self.batch_sizes), shuffle=False,
-                                     num_workers=args.workers, collate_fn=collate, pin_memory=pin)
+                                     num_workers=args.workers, collate_fn=collate, pin_memory=pin,
+                                     persistent_workers=keep)
         self.iters_per_epoch = len(self.sampler)
         if args.iters_per_epoch:
             self.iters_per_epoch = min(self.iters_per_epoch, args.iters_per_epoch)
@@ -488,6 +515,7 @@ class Trainer:
         if self.is_main and not self.args.quiet:
             # transient: the epoch's line below says what it did
             bar = progress_bar(total=self.iters_per_epoch, desc=f"epoch {epoch + 1}/{self.args.epochs}", leave=False)
+            shown = _LaggedValue(self.device)
         for i, (images, labels) in enumerate(_clean_errors(self.train_loader)):
             if i >= self.iters_per_epoch:
                 break
@@ -499,8 +527,9 @@ class Trainer:
                 h.on_iteration_end(self, epoch, i, loss)
             if bar is not None:
                 bar.update(1)
-                if i % 10 == 0 or i == self.iters_per_epoch - 1:
-                    bar.set_postfix(loss=f"{float(loss):.4f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
+                if i % 10 == 0 or i == self.iters_per_epoch - 1:  # on CUDA the last loss copied by now: no wait
+                    shown.push(loss)
+                    bar.set_postfix(loss=shown.read(), lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
         if bar is not None:
             bar.close()
         seconds = time.perf_counter() - start
