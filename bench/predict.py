@@ -60,6 +60,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=2, help="alternating passes of each measurement; the best counts (default: 2)")
     p.add_argument("--precut", action="store_true", help="also measure the pre-cut window path (cuts the large image)")
     p.add_argument("--full", action="store_true", help="synthesise an image of image_3's size and time predict.py on it")
+    p.add_argument("--full_tta", nargs="*", default=[], choices=["flip", "d4"],
+                   help="with --full, also time predict.py on it with these TTA levels (default: none)")
+    p.add_argument("--full_size", type=int, nargs=2, default=list(IMAGE3), metavar=("H", "W"),
+                   help="size of the --full image (default: image_3's, 19903 37241; smaller for a dry run)")
+    p.add_argument("--block", type=int, default=4096,
+                   help="sources larger than this repeat a synthetic block of this side (synthesis is slow) (default: 4096)")
     p.add_argument("--shared", type=int, default=0, metavar="N",
                    help="also time torchrun with N processes sharing the large image (CPU: gloo) (default: off)")
     p.add_argument("--out", default=str(ROOT / "bench" / "out" / "predict"), help="work folder (default: bench/out/predict)")
@@ -95,15 +101,31 @@ def checkpoint(args) -> Path:
     return path
 
 
+def block(args) -> Path:
+    """The synthetic ``--block`` x ``--block`` image that larger sources repeat (cached)."""
+    from cropmap.synthetic import write_image
+
+    path = Path(args.out) / f"block{args.block}.png"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_image(path, path.with_name(f"block{args.block}_label.png"), args.block, args.block, seed=args.block,
+                    progress=False)
+    return path
+
+
 def prepare(args, size: int) -> Path:
-    """A synthetic ``size`` x ``size`` source (and with ``--precut`` its windows) under OUT/SIZE (cached)."""
+    """A synthetic ``size`` x ``size`` source (and with ``--precut`` its windows) under OUT/SIZE (cached);
+    above ``--block`` pixels a side, the block repeated."""
     from cropmap.synthetic import write_image
 
     root = Path(args.out) / str(size)
     src = source_of(root)
     if not src.exists():
         src.parent.mkdir(parents=True, exist_ok=True)
-        write_image(src, src.with_name("image_3_label.png"), size, size, seed=size, progress=False)
+        if size > args.block:
+            repeat_image(block(args), src, size, size)
+        else:
+            write_image(src, src.with_name("image_3_label.png"), size, size, seed=size, progress=False)
     stamp = root / "test" / f".cut_{args.tile_size}_{args.stride}"
     if args.precut and not stamp.exists():
         subprocess.run([sys.executable, str(ROOT / "generate_test_data.py"), "--data_root", str(root), "--images",
@@ -112,13 +134,13 @@ def prepare(args, size: int) -> Path:
     return root
 
 
-def repeat_image(block: Path, path: Path, height: int, width: int) -> None:
-    """Write a ``height`` x ``width`` PNG whose pixels repeat those of ``block`` (streamed, bounded memory)."""
+def repeat_image(pattern: Path, path: Path, height: int, width: int) -> None:
+    """Write a ``height`` x ``width`` PNG whose pixels repeat those of ``pattern`` (streamed, bounded memory)."""
     import numpy as np
 
     from cropmap.raster import open_writer, read_png
 
-    tile = read_png(block)
+    tile = read_png(pattern)
     bh, bw = tile.shape[:2]
     cols = np.arange(width) % bw
     with open_writer(path, width, height, tile.shape[2]) as w:
@@ -128,20 +150,15 @@ def repeat_image(block: Path, path: Path, height: int, width: int) -> None:
 
 
 def prepare_full(args) -> Path:
-    """An image of image_3's size under OUT/full (cached): the 4096^2 synthetic block, repeated."""
-    from cropmap.synthetic import write_image
-
-    block = Path(args.out) / "block4096.png"
-    if not block.exists():
-        block.parent.mkdir(parents=True, exist_ok=True)
-        write_image(block, block.with_name("block4096_label.png"), 4096, 4096, seed=4096, progress=False)
-    root = Path(args.out) / "full"
+    """An image of image_3's size under OUT/full (cached): the synthetic block, repeated."""
+    height, width = args.full_size
+    root = Path(args.out) / f"full_{height}x{width}"
     src = source_of(root)
     if not src.exists():
         src.parent.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
-        repeat_image(block, src, *IMAGE3)
-        print(f"wrote {src} ({IMAGE3[0]}x{IMAGE3[1]}) in {time.perf_counter() - t0:.0f} s", flush=True)
+        repeat_image(block(args), src, height, width)
+        print(f"wrote {src} ({height}x{width}) in {time.perf_counter() - t0:.0f} s", flush=True)
     return root
 
 
@@ -290,7 +307,7 @@ def main(args: argparse.Namespace) -> dict:
 
     worker = [sys.executable, str(Path(__file__).resolve()), "--worker", "throughput", "--root", str(roots[large])]
     for k in ("model", "backbone", "tile_size", "stride", "batch_size", "tta", "workers", "device", "threads", "out",
-              "repeats"):
+              "repeats", "block"):
         worker += [f"--{k}", str(getattr(args, k))]
     worker += (["--amp"] if args.amp else []) + (["--precut"] if args.precut else [])
     proc = subprocess.run(worker, capture_output=True, text=True)
@@ -305,7 +322,9 @@ def main(args: argparse.Namespace) -> dict:
         results[f"rss_{s}"] = m
     if args.full:
         root = prepare_full(args)
-        results["full"] = measure([sys.executable, *predict_cmd(args, source_of(root), root / "submit")])
+        for tta in [args.tta, *args.full_tta]:
+            cmd = predict_cmd(argparse.Namespace(**{**vars(args), "tta": tta}), source_of(root), root / "submit")
+            results[f"full_{tta}"] = measure([sys.executable, *cmd])
     if args.shared > 1:
         src, root = source_of(roots[large]), roots[large]
         env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
@@ -334,7 +353,9 @@ def report(args, results: dict) -> None:
           f"{large}x{large} image, {src['windows']} windows\n")
     print("| measurement | windows/s | vs pure forward | Mpixel/s of source | notes |")
     print("|---|---|---|---|---|")
-    print(f"| pure forward (pre-loaded batch, channels_last) | {pure['win_per_s']:.2f} | 1 | | per view: x{ {'none': 1, 'flip': 3, 'd4': 8}[args.tta]} passes |")
+    views = {"none": 1, "flip": 3, "d4": 8}[args.tta]
+    print(f"| pure forward (pre-loaded batch, channels_last) | {pure['win_per_s']:.2f} | 1 | | "
+          f"{views} forward pass(es) per window |")
     print(f"| predict from the source | {src['win_per_s']:.2f} | {src['win_per_s'] / pure['win_per_s']:.3f} | "
           f"{src['mpix_per_s']:.2f} | {src['seconds']:.1f} s |")
     if "windows" in t:
@@ -345,13 +366,14 @@ def report(args, results: dict) -> None:
           f"**{zero['win_per_cpu_s']:.1f} windows per CPU-second** (all threads) |")
     a, b = results[f"rss_{small}"]["peak_rss_mib"], results[f"rss_{large}"]["peak_rss_mib"]
     print(f"| peak RSS of predict.py, {small}^2 vs {large}^2 | | | | {a:.0f} vs {b:.0f} MiB ({b / a:.3f}) |")
-    if "full" in results:
-        f = results["full"]
-        print(f"| predict.py, image_3 size {IMAGE3[0]}x{IMAGE3[1]} | | | {h3 / f['wall_s']:.1f} | "
-              f"**{f['wall_s']:.1f} s** (process, measured), peak RSS {f['peak_rss_mib']:.0f} MiB |")
-    else:
-        print(f"| predict, image_3 size {IMAGE3[0]}x{IMAGE3[1]} | | | | **{h3 / src['mpix_per_s']:.0f} s** "
-              f"(extrapolated from {large}^2) |")
+    full = [k for k in results if k.startswith("full_")]
+    fh, fw = args.full_size
+    for k in full:
+        f = results[k]
+        print(f"| predict.py, {fh}x{fw} (image_3: {IMAGE3[0]}x{IMAGE3[1]}), TTA {k[5:]} | | | {fh * fw / 1e6 / f['wall_s']:.1f} | "
+              f"**{f['wall_s']:.1f} s** (whole process, measured), peak RSS {f['peak_rss_mib']:.0f} MiB |")
+    print(f"| predict, image_3 size {IMAGE3[0]}x{IMAGE3[1]} | | | | **{h3 / src['mpix_per_s']:.0f} s** "
+          f"(extrapolated from {large}^2's Mpixel/s; zero-cost model: {h3 / zero['mpix_per_s']:.0f} s) |")
     if "shared" in results:
         s = results["shared"]
         print(f"| predict.py, {s['processes']} processes sharing the image (torchrun) | | | | "

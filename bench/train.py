@@ -48,6 +48,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--repeats", type=int, default=2, help="full/bare measurement pairs; the median is reported (default: 2)")
     g.add_argument("--epoch_iters", type=int, default=0,
                    help="also time two training epochs of this many iterations and report the second (default: 0, off)")
+    g.add_argument("--repeat_tiles", type=int, default=1,
+                   help="list every training tile this many times (in a temporary copy of tiles.csv; the tile files are "
+                        "shared), so that a small data set gives epochs of --epoch_iters iterations (default: 1)")
     parser.set_defaults(train=True, quiet=True, exp="bench")
     return parser
 
@@ -120,7 +123,38 @@ def measure_epoch(trainer: engine.Trainer, iters: int) -> float:
     return rates[-1]
 
 
+def repeated_root(data_root: str, times: int, folder: str) -> str:
+    """A data root in ``folder`` whose ``train/tiles.csv`` lists each training tile ``times`` times (the
+    validation tiles once); ``train/data`` and ``train/label`` link to those of ``data_root``."""
+    import csv
+
+    from cropmap.layout import tiles_csv, train_dir, train_tile_dirs
+
+    src, dst = train_dir(data_root), train_dir(folder)
+    dst.mkdir(parents=True)
+    for d in train_tile_dirs(data_root):
+        os.symlink(os.path.abspath(d), dst / d.name, target_is_directory=True)
+    with open(tiles_csv(src), newline="") as f:
+        reader = csv.DictReader(f)
+        rows, fields = list(reader), reader.fieldnames
+    with open(tiles_csv(dst), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        for r in rows:
+            w.writerows([r] * (times if r.get("split") == "train" else 1))
+    return folder
+
+
 def main(args: argparse.Namespace) -> dict:
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
+        if args.repeat_tiles > 1:
+            args.data_root = repeated_root(args.data_root, args.repeat_tiles, tmp)
+        return run(args)
+
+
+def run(args: argparse.Namespace) -> dict:
     from torch.utils.data import DataLoader
 
     from cropmap.data import collate

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from .layout import prob_paths
-from .raster import RasterInfo, open_writer, strip_rows
+from .raster import RasterInfo, open_writer
 from .stitch import PreviewCanvas
 
 #: Strips queued per writer thread before the producer waits.
@@ -40,7 +40,10 @@ def spool_path(path: str | os.PathLike, rank: int) -> Path:
 
 
 class SpoolWriter:
-    """Raw rows (``uint8 [h, W]``, concatenated) in a hidden file; the writer interface of :func:`open_writer`."""
+    """Raw strips in a hidden file, each a little-endian ``int32`` row count and ``uint8 [h, W]`` rows; the
+    writer interface of :func:`open_writer`. The strips are replayed as they came (:func:`read_spool`), so that
+    the final file gets the very writes one process would have made (its encoding is then the same, byte
+    for byte)."""
 
     def __init__(self, path: str | os.PathLike, width: int):
         self.path, self.width = Path(path), int(width)
@@ -48,7 +51,9 @@ class SpoolWriter:
         self._f = open(self.path, "wb")
 
     def write(self, strip: np.ndarray) -> None:
-        self._f.write(memoryview(np.ascontiguousarray(strip, dtype=np.uint8)).cast("B"))
+        strip = np.ascontiguousarray(strip, dtype=np.uint8)
+        self._f.write(np.int32(strip.shape[0]).astype("<i4").tobytes())
+        self._f.write(memoryview(strip).cast("B"))
 
     def close(self) -> Path:
         self._f.close()
@@ -60,14 +65,12 @@ class SpoolWriter:
         self.path.unlink(missing_ok=True)
 
 
-def read_spool(path: str | os.PathLike, width: int, rows: int):
-    """Yield ``uint8 [h, W]`` strips of at most ``rows`` rows from a spool file."""
+def read_spool(path: str | os.PathLike, width: int):
+    """Yield the ``uint8 [h, W]`` strips of a spool file, as they were written."""
     with open(path, "rb") as f:
-        while True:
-            data = f.read(rows * width)
-            if not data:
-                return
-            yield np.frombuffer(data, np.uint8).reshape(-1, width)
+        while head := f.read(4):
+            h = int(np.frombuffer(head, "<i4")[0])
+            yield np.frombuffer(f.read(h * width), np.uint8).reshape(h, width)
 
 
 class _FileThread(threading.Thread):
@@ -94,7 +97,7 @@ class _FileThread(threading.Thread):
                         self.preview.add_labels(y, strip)
                 else:  # ("spool", path, first row)
                     _, path, y = item
-                    for strip in read_spool(path, self.width, strip_rows(self.width)):
+                    for strip in read_spool(path, self.width):
                         self.writer.write(strip)
                         if self.preview is not None:
                             self.preview.add_labels(y, strip)

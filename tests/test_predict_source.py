@@ -177,7 +177,7 @@ def test_torchrun_two_processes_write_the_same_maps(tmp_path):
     root = tmp_path / "data"
     folder = root / TEST_SOURCE_DIR
     folder.mkdir(parents=True)
-    for name, (h, w, seed) in {"image_3": (200, 150, 1), "image_4": (90, 130, 2)}.items():
+    for name, (h, w, seed) in {"image_3": (260, 700, 1), "image_4": (90, 130, 2)}.items():
         make_source(tmp_path, h, w, seed=seed)
         shutil.move(tmp_path / "image_3.png", folder / f"{name}.png")
     torch.manual_seed(0)
@@ -210,3 +210,50 @@ def test_torchrun_two_processes_write_the_same_maps(tmp_path):
     assert not list((tmp_path / "shared").glob(".*")) and not list((tmp_path / "whole").glob(".*"))
     assert len(np.unique(read_png(tmp_path / "one" / "image_3_predict.png"))) > 1
     assert set(prob_paths(tmp_path / "one" / "image_3_predict.png", NUM_CLASSES)) <= set((tmp_path / "one").iterdir())
+
+
+def test_spooled_rows_reach_the_writer_as_one_process_writes_them(tmp_path, monkeypatch):
+    """Processes 1..N-1 spool their strips; the first replays them with the same writes, in the same order
+    (so that the encoded file is byte for byte one process's, whatever the format's chunking)."""
+    import cropmap.outputs as outputs
+
+    calls = []
+
+    class Recorder:
+        def __init__(self, path, width, height, channels=1, like=None):
+            self.path = Path(path)
+
+        def write(self, strip):
+            calls.append((self.path.name, strip.shape, int(strip.sum())))
+
+        def close(self):
+            return self.path
+
+        def abort(self):
+            pass
+
+    monkeypatch.setattr(outputs, "open_writer", Recorder)
+    rng = np.random.default_rng(0)
+    strips = [(y, torch.from_numpy(rng.integers(0, 4, (h, 9), dtype=np.uint8)),
+               torch.from_numpy(rng.integers(0, 256, (2, h, 9), dtype=np.uint8)))
+              for y, h in [(0, 5), (5, 3), (8, 7), (15, 1), (16, 4)]]
+    one = outputs.MapOutputs(tmp_path / "m.png", 9, 20, num_classes=2, save_probs=True)
+    for s in strips:
+        one(*s)
+    one.close()
+    def per_file(records):
+        return {name: [c for c in records if c[0] == name] for name in sorted({c[0] for c in records})}
+
+    expected, calls[:] = per_file(calls), []
+    first = outputs.MapOutputs(tmp_path / "m.png", 9, 20, num_classes=2, save_probs=True)
+    second = outputs.MapOutputs(tmp_path / "m.png", 9, 20, num_classes=2, save_probs=True, spool_rank=1)
+    for s in strips[:2]:
+        first(*s)
+    for s in strips[2:]:
+        second(*s)
+    second.close()
+    assert outputs.spool_path(tmp_path / "m_prob1.png", 1).exists()
+    first.append_spools([(1, 8)])
+    first.close()
+    assert per_file(calls) == expected and len(expected) == 3  # per file, the same strips in the same order
+    assert not list(tmp_path.glob(".*"))  # the spools are gone

@@ -241,7 +241,7 @@ def test_bench_train_reports_both_throughputs(tiles, capsys):
     args = bench.get_args_parser().parse_args(
         ["--data_root", str(tiles), "--backbone", "resnet18", "--device", "cpu", "--crop_size", "32",
          "--batch_size", "2", "--workers", "1", "--threads", "1", "--iters", "2", "--warmup", "1", "--repeats", "1",
-         "--epoch_iters", "2"])
+         "--epoch_iters", "3", "--repeat_tiles", "2"])
     result = bench.main(args)
     assert result["full"] > 0 and result["bare"] > 0
     assert result["loader_1"] > 0 and result["loader_n"] > 0 and result["epoch"] > 0
