@@ -14,8 +14,9 @@ Run by hand, never by tests. Side by side in one process, alternating, the best 
   zero     predict_from_source with a model that costs nothing (it returns zeros): the pipeline's own rate,
            per second and per CPU-second of the process (every thread counted)
 
-Then in fresh processes: the peak RSS of ``predict.py --source`` at both sizes (an intermediate process
-reads getrusage(RUSAGE_CHILDREN).ru_maxrss); with ``--full``, ``predict.py`` on an image of image_3's size
+Then in fresh processes: the peak RSS of ``predict.py --source`` at both sizes and on an image as wide as
+the small one and four times as high (an intermediate process reads getrusage(RUSAGE_CHILDREN).ru_maxrss:
+memory follows the width, the band's, not the height); with ``--full``, ``predict.py`` on an image of image_3's size
 (19903 x 37241; a synthetic block repeated, which decodes like the synthetic set), else that time is
 extrapolated from the large image's Mpixel/s; with ``--shared N``, ``predict.py`` under torchrun with N
 processes sharing the large image by rows, against one process (and whether the maps are identical).
@@ -57,7 +58,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--amp", action="store_true", help="autocast in every measurement")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads of every measured process (default: 1, so that per-core figures mean something)")
-    p.add_argument("--repeats", type=int, default=2, help="alternating passes of each measurement; the best counts (default: 2)")
+    p.add_argument("--repeats", type=int, default=3, help="alternating passes of each measurement; the best counts (default: 3)")
     p.add_argument("--precut", action="store_true", help="also measure the pre-cut window path (cuts the large image)")
     p.add_argument("--full", action="store_true", help="synthesise an image of image_3's size and time predict.py on it")
     p.add_argument("--full_tta", nargs="*", default=[], choices=["flip", "d4"],
@@ -111,6 +112,22 @@ def block(args) -> Path:
         write_image(path, path.with_name(f"block{args.block}_label.png"), args.block, args.block, seed=args.block,
                     progress=False)
     return path
+
+
+def prepare_tall(args) -> Path:
+    """A synthetic source as wide as the small one and four times as high, under OUT/tall (cached)."""
+    from cropmap.synthetic import write_image
+
+    width = args.sizes[0]
+    root = Path(args.out) / f"tall_{4 * width}x{width}"
+    src = source_of(root)
+    if not src.exists():
+        src.parent.mkdir(parents=True, exist_ok=True)
+        if width > args.block:
+            repeat_image(block(args), src, 4 * width, width)
+        else:
+            write_image(src, src.with_name("image_3_label.png"), 4 * width, width, seed=width + 1, progress=False)
+    return root
 
 
 def prepare(args, size: int) -> Path:
@@ -317,7 +334,7 @@ def main(args: argparse.Namespace) -> dict:
     t = json.loads(proc.stdout.strip().splitlines()[-1])
     results["throughput"] = t
 
-    for s, root in roots.items():
+    for s, root in [*roots.items(), ("tall", prepare_tall(args))]:
         m = measure([sys.executable, *predict_cmd(args, source_of(root), root / "submit")])
         results[f"rss_{s}"] = m
     if args.full:
@@ -365,7 +382,11 @@ def report(args, results: dict) -> None:
     print(f"| predict, zero-cost model | {zero['win_per_s']:.1f} | | {zero['mpix_per_s']:.1f} | "
           f"**{zero['win_per_cpu_s']:.1f} windows per CPU-second** (all threads) |")
     a, b = results[f"rss_{small}"]["peak_rss_mib"], results[f"rss_{large}"]["peak_rss_mib"]
-    print(f"| peak RSS of predict.py, {small}^2 vs {large}^2 | | | | {a:.0f} vs {b:.0f} MiB ({b / a:.3f}) |")
+    c = results["rss_tall"]["peak_rss_mib"]
+    print(f"| peak RSS of predict.py, {small}^2 vs {4 * small}x{small} (4x the height) | | | | "
+          f"{a:.0f} vs {c:.0f} MiB ({c / a:.3f}) |")
+    print(f"| peak RSS of predict.py, {small}^2 vs {large}^2 ({large // small}x the width: a wider band) | | | | "
+          f"{a:.0f} vs {b:.0f} MiB ({b / a:.3f}) |")
     full = [k for k in results if k.startswith("full_")]
     fh, fw = args.full_size
     for k in full:
