@@ -1,15 +1,22 @@
-"""Predict the test images: run a checkpoint over the test windows and stitch full-size maps.
+"""Predict the test images: run a checkpoint over overlapping windows and stitch full-size maps.
 
     python predict.py                                   # best checkpoint in data/model/, image_3 and image_4
     python predict.py --checkpoint data/model/x_best.pth --name deeplabv3 --tta d4 --save_probs
+    python predict.py --source field.png --device cuda --amp          # any image, straight from its file
+    torchrun --nproc_per_node 4 predict.py --amp ...                  # several GPUs share the work
 
-Reads ``{data_root}/test/tiles.csv`` and the windows written by ``generate_test_data.py``; writes
+Windows come from ``{data_root}/test/tiles.csv`` and the files ``generate_test_data.py`` wrote when it
+lists the image (the original's way); otherwise (or with ``--from_source``) straight from the source image
+(``{data_root}/jingwei_round1_test_a_20190619/{image}.png`` or ``.tif``, a path in ``--images``, or
+``--source PATH``), decoded once in bands, windows of ``--tile_size`` every ``--stride`` pixels. Writes
 ``{output_dir}/{image}_predict.png`` (or ``{image}_predict_{name}.png`` with ``--name``, for voting;
-``.tif`` with the source's CRS and transform when the source is a GeoTIFF, or with ``--format tif``),
-a colour preview ``..._preview.png`` beside it and, with ``--save_probs``, per-class probabilities
-``..._prob{c}.png`` (uint8, 255 = 1.0) for ``vote.py --soft``. ``--images`` takes names of the layout or
-paths of the sources (PNG or GeoTIFF; the windows are those of the file's stem). A test image without any
-valid pixel (generate_test_data.py writes no window for it) gets an all-zero map, with a warning.
+``.tif`` with the source's CRS and transform when the source is a GeoTIFF, or with ``--format tif``), a
+colour preview ``..._preview.png`` beside it and, with ``--save_probs``, per-class probabilities
+``..._prob{c}.png`` (uint8, 255 = 1.0) for ``vote.py --soft``. A source without any valid pixel gets an
+all-zero map, with a warning.
+
+Under ``torchrun`` the processes take whole images when there are at least as many images as processes,
+and otherwise share each image by rows; the maps are the same, byte for byte, as one process's.
 """
 
 from __future__ import annotations
@@ -17,24 +24,24 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
-import numpy as np
 import torch
 
 from cropmap.cli import InputError, add_map_args, device_name, nonneg_int, positive_int, run_cli, warn
-from cropmap.device import select_device
 from cropmap.files import check_output_dir, check_output_file
-from cropmap.inference import TTA_MODES, predict_image
-from cropmap.layout import (TEST_SOURCE_DIR, map_path, map_suffix, model_dir, preview_path, prob_paths, source_path,
-                            submit_dir, tiles_csv, window_folder, windows_dir)
-from cropmap.raster import any_valid, check_image, open_writer, strip_rows
+from cropmap.inference import TTA_MODES, assign_images, predict_from_source, predict_image
+from cropmap.layout import (TEST_SOURCE_DIR, map_path, map_suffix, model_dir, preview_path, source_path, submit_dir,
+                            tiles_csv, window_folder, windows_dir)
+from cropmap.raster import check_image
 from cropmap.stitch import BLEND_MODES
 from cropmap.tiling import BASE_COLUMNS, read_tiles_csv
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Predict full-size maps from the test windows", add_help=add_help)
-    add_map_args(p, "to predict", num_classes=False)
+    p = argparse.ArgumentParser(description="Predict full-size maps from the test windows or straight from the images",
+                                add_help=add_help)
+    add_map_args(p, "to predict: names of the layout or paths of sources", num_classes=False)
     p.add_argument("--checkpoint", default=None, help="checkpoint .pth (default: the newest *_best.pth in DATA_ROOT/model)")
     p.add_argument(
         "--name",
@@ -42,10 +49,24 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         help="model name appended to the output: IMAGE_predict_NAME.png, to keep per-model maps for vote.py "
         "(default: none, IMAGE_predict.png)",
     )
+    p.add_argument("--source", default=None,
+                   help="predict this one image file (PNG or GeoTIFF) straight from its pixels (instead of --images); "
+                        "the map is named after its file name: OUTPUT_DIR/STEM_predict[_NAME] (default: none)")
+    p.add_argument("--from_source", action="store_true",
+                   help="read the windows of --images from their source images even where test/tiles.csv lists them")
+    p.add_argument("--tile_size", type=positive_int, default=512,
+                   help="window side when reading from the source, at least 32; pre-cut windows keep theirs (default: 512)")
+    p.add_argument("--stride", type=positive_int, default=None,
+                   help="distance between windows when reading from the source (default: half the window)")
     p.add_argument("--batch_size", type=positive_int, default=8, help="windows per forward pass (default: 8)")
-    p.add_argument("--workers", type=nonneg_int, default=2, help="DataLoader worker processes decoding windows (default: 2)")
+    p.add_argument("--workers", type=nonneg_int, default=2,
+                   help="DataLoader worker processes decoding pre-cut window files (default: 2); a source image is "
+                        "decoded by one thread running ahead of the model")
     p.add_argument("--device", type=device_name, default=None,
-                   help="cuda, cuda:N or cpu (default: cuda when available, else cpu; cuda means the current GPU)")
+                   help="cuda, cuda:N or cpu (default: cuda when available, else cpu; cuda means the current GPU; "
+                        "under torchrun cuda:LOCAL_RANK)")
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="CPU threads of PyTorch in each process (default: PyTorch's choice)")
     p.add_argument("--amp", action="store_true",
                    help="mixed precision, as in training: bf16 where the GPU supports it, else fp16; bf16 on the CPU")
     p.add_argument(
@@ -69,75 +90,98 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     return p
 
 
-def write_empty_map(out, source, num_classes: int, save_probs: bool) -> None:
-    """An all-zero map (and probabilities) of the size of ``source``: the prediction of a source without
-    any valid pixel, for which generate_test_data.py writes no window."""
-    info = check_image(source)
-    paths = [(out, "map")] + ([(p, "data") for p in prob_paths(out, num_classes)] if save_probs else [])
-    rows = strip_rows(info.width)
-    zeros = np.zeros((rows, info.width), np.uint8)
-    for path, role in paths:
-        with open_writer(path, info.width, info.height, like=info, role=role) as writer:
-            for y in range(0, info.height, rows):
-                writer.write(zeros[: min(rows, info.height - y)])
+def plan(args: argparse.Namespace) -> list[dict]:
+    """One job per image: ``{"image", "pixels", "out", "like"}`` and either ``"rows", "folder"`` (pre-cut
+    windows) or ``"source"`` (a source image); every input and output checked before any work starts."""
+    output_dir = submit_dir(args.data_root, args.output_dir)
+    check_output_dir(output_dir)
+
+    def job(image: str, source: Path, **extra) -> dict:
+        out = map_path(output_dir, image, args.name, map_suffix(source, args.format))
+        check_output_file(out)
+        return {"image": image, "out": out, **extra}
+
+    if args.source:
+        source = Path(args.source)
+        info = check_image(source)
+        return [job(source.stem, source, source=source, like=info, pixels=info.height * info.width)]
+    windows = windows_dir(args.data_root)
+    csv_path = tiles_csv(windows)
+    listed = []
+    if csv_path.exists() and not args.from_source:
+        listed = read_tiles_csv(csv_path, BASE_COLUMNS + ["height", "width"], " (re-run generate_test_data.py)")
+    jobs = []
+    for entry in args.images:
+        source = source_path(args.data_root, TEST_SOURCE_DIR, entry)  # a name, or the path of the source
+        image = source.stem
+        like = check_image(source) if source.is_file() else None  # the map keeps the source's georeferencing
+        rows = [r for r in listed if r["image"] == image]
+        if rows:
+            jobs.append(job(image, source, rows=rows, folder=windows / window_folder(image), like=like,
+                            pixels=int(rows[0]["height"]) * int(rows[0]["width"])))
+        elif like is None:
+            raise InputError(f"{source}: file not found, and {csv_path} lists no windows of {image} "
+                             "(give the image's path, or run generate_test_data.py)")
+        else:
+            jobs.append(job(image, source, source=source, like=like, pixels=like.height * like.width))
+    return jobs
 
 
 def main(args: argparse.Namespace) -> list[dict]:
     from cropmap.checkpoint import find_best, load_model
+    from cropmap.engine import init_distributed
 
-    output_dir = submit_dir(args.data_root, args.output_dir)
-    check_output_dir(output_dir)
-    device = select_device(args.device)
-    windows = windows_dir(args.data_root)
-    csv_path = tiles_csv(windows)
-    all_rows = read_tiles_csv(csv_path, BASE_COLUMNS + ["height", "width"], " (re-run generate_test_data.py)")
-    jobs = []  # (image, source, its windows' rows or None for a source without a valid pixel, output map)
-    for entry in args.images:
-        source = source_path(args.data_root, TEST_SOURCE_DIR, entry)  # a name, or the path of the source
-        image = source.stem
-        rows = [r for r in all_rows if r["image"] == image]
-        out = map_path(output_dir, image, args.name, map_suffix(source, args.format))
-        check_output_file(out)
-        if not rows:
-            if not source.is_file() or any_valid(source):
-                raise InputError(f"{csv_path}: no test windows of {image} (run generate_test_data.py with it)")
-            rows = None
-        jobs.append((image, source, rows, out))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.tile_size < 32:
+        raise InputError(f"--tile_size must be at least 32, got {args.tile_size}")
+    rank, world_size, device = init_distributed(args.device)
+    try:
+        return _run(args, rank, world_size, device, find_best, load_model)
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _run(args, rank: int, world_size: int, device: torch.device, find_best, load_model) -> list[dict]:
+    jobs = plan(args)
     checkpoint = args.checkpoint or find_best(model_dir(args.data_root))
     model, ckpt_args = load_model(checkpoint, device=device)
+    if isinstance(model, torch.nn.Module):
+        model = model.to(memory_format=torch.channels_last)  # the batches come channels_last
     if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    print(f"checkpoint {checkpoint}: {ckpt_args.get('model')} / {ckpt_args.get('backbone')}")
+        torch.backends.cudnn.benchmark = True
+    if rank == 0:
+        print(f"checkpoint {checkpoint}: {ckpt_args.get('model')} / {ckpt_args.get('backbone')}"
+              + (f", {world_size} processes" if world_size > 1 else ""), flush=True)
+    share = (rank, world_size)
+    if world_size > 1 and len(jobs) >= world_size:  # whole images per process
+        jobs = [jobs[i] for i in assign_images([j["pixels"] for j in jobs], world_size)[rank]]
+        share = (0, 1)
+    num_classes = ckpt_args.get("num_classes")
     results = []
-    for image, source, rows, out in jobs:
+    for job in jobs:
+        out = job["out"]
+        common = dict(device=device, batch_size=args.batch_size, tta=args.tta, amp=args.amp, blend=args.blend,
+                      save_probs=args.save_probs, preview_path=preview_path(out) if args.preview_size > 0 else None,
+                      preview_size=max(args.preview_size, 1), progress=not args.quiet,
+                      num_classes=int(num_classes) if num_classes else None, rank=share[0], world_size=share[1])
         start = time.perf_counter()
-        like = check_image(source) if source.is_file() else None  # the map keeps its georeferencing
-        if rows is None:
-            warn(f"{source}: no valid pixel (alpha is 255 nowhere): its map is all zero")
-            num_classes = int(ckpt_args.get("num_classes", 4))
-            write_empty_map(out, source, num_classes, args.save_probs)
-            res = {"map": out, "windows": 0, "num_classes": num_classes, "preview": None,
-                   "probs": prob_paths(out, num_classes) if args.save_probs else []}
+        if "rows" in job:
+            res = predict_image(model, job["rows"], job["folder"], out, workers=args.workers, like=job["like"],
+                                **common)
         else:
-            res = predict_image(
-                model,
-                rows,
-                windows / window_folder(image),
-                out,
-                device=device,
-                batch_size=args.batch_size,
-                workers=args.workers,
-                tta=args.tta,
-                amp=args.amp,
-                blend=args.blend,
-                save_probs=args.save_probs,
-                preview_path=preview_path(out) if args.preview_size > 0 else None,
-                preview_size=max(args.preview_size, 1),
-                progress=not args.quiet,
-                like=like,
-            )
+            res = predict_from_source(model, job["source"], out, tile_size=args.tile_size, stride=args.stride,
+                                      **common)
         took = time.perf_counter() - start
-        print(f"{image}: {res['windows']} windows in {took:.1f} s -> {res['map']}")
+        if share[0] == 0:
+            if res["windows"] == 0:
+                warn(f"{job['source']}: no valid pixel (alpha is 255 nowhere): its map is all zero")
+            how = "pre-cut windows" if "rows" in job else f"source {job['source']}"
+            print(f"{job['image']}: {res['windows']} windows ({how}) in {took:.1f} s, "
+                  f"{job['pixels'] / 1e6 / max(took, 1e-9):.1f} Mpixel/s -> {res['map']}", flush=True)
         results.append(res)
     return results
 

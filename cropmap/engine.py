@@ -182,11 +182,13 @@ def build_data(args: argparse.Namespace, scales: list[int], batch_sizes: list[in
     sampler = MultiScaleBatchSampler(len(train_set), scales, batch_sizes, weights,
                                      seed=args.seed, rank=rank, world_size=world_size)
     _check(len(sampler) > 0, f"{len(train_set)} training tiles are fewer than one batch per process ({batch_sizes[0]})")
+    # workers live as long as the trainer: no start-up (imports, forks) at every epoch and validation
+    keep = args.workers > 0
     train_loader = DataLoader(train_set, batch_sampler=sampler, num_workers=args.workers,
-                              collate_fn=collate, pin_memory=pin_memory)
+                              collate_fn=collate, pin_memory=pin_memory, persistent_workers=keep)
     val_part = Subset(val_set, shard_indices(len(val_set), rank, world_size))
     val_loader = DataLoader(val_part, batch_size=max(batch_sizes), shuffle=False, num_workers=args.workers,
-                            collate_fn=collate, pin_memory=pin_memory)
+                            collate_fn=collate, pin_memory=pin_memory, persistent_workers=keep)
     iters = len(sampler)
     if args.iters_per_epoch:
         iters = min(iters, args.iters_per_epoch)
@@ -296,7 +298,7 @@ def evaluate(
         logits = out["out"] if isinstance(out, dict) else out
         cm.update(logits.argmax(1), labels)
         if criterion is not None:
-            sums[0] += float(criterion(logits.float(), labels)) * images.shape[0]
+            sums[0] += criterion(logits.float(), labels).detach() * images.shape[0]  # on the device: no sync
         sums[1] += images.shape[0]
     cm.all_reduce()
     if _is_dist():
@@ -306,6 +308,30 @@ def evaluate(
 
 
 # ---- the trainer --------------------------------------------------------------------------------
+
+
+class _LaggedValue:
+    """A scalar on the device, shown on the host without waiting for the device: :meth:`push` starts an
+    asynchronous copy, :meth:`read` gives the last copy that has arrived (as text)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.text, self.host, self.event = "...", None, None
+
+    def push(self, value: torch.Tensor) -> None:
+        if not self.cuda:
+            self.text = f"{float(value):.4f}"
+            return
+        self.read()
+        self.host = torch.empty((), dtype=value.dtype, pin_memory=True)
+        self.host.copy_(value.detach(), non_blocking=True)
+        self.event = torch.cuda.Event()
+        self.event.record()
+
+    def read(self) -> str:
+        if self.event is not None and self.event.query():
+            self.text, self.event = f"{float(self.host):.4f}", None
+        return self.text
 
 
 class Trainer:
@@ -391,6 +417,7 @@ class Trainer:
         show = self.is_main and not self.args.quiet
         bar = progress_bar(total=self.iters_per_epoch, desc=f"epoch {epoch + 1}/{self.args.epochs}",
                            leave=False, disable=not show)
+        shown = _LaggedValue(self.device)
         for i, (images, labels) in enumerate(checked(self.train_loader)):
             if i >= self.iters_per_epoch:
                 break
@@ -403,8 +430,9 @@ class Trainer:
             for h in self.hooks:
                 h.on_iteration_end(self, epoch, i, loss)
             bar.update(1)
-            if show and (i % 10 == 0 or i == self.iters_per_epoch - 1):  # float(loss) waits for the device
-                bar.set_postfix(loss=f"{float(loss):.4f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
+            if show and (i % 10 == 0 or i == self.iters_per_epoch - 1):  # on CUDA the last loss copied by now: no wait
+                shown.push(loss)
+                bar.set_postfix(loss=shown.read(), lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
         bar.close()
         seconds = time.perf_counter() - start
         if _is_dist():

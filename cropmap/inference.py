@@ -1,68 +1,51 @@
-"""Batched model inference over test windows, with test-time augmentation, stitched into full-size maps.
+"""Prediction of full-size maps: batched model inference over windows, test-time augmentation, blending.
 
-:func:`predict_image` reads the windows of one source image (the rows of ``tiles.csv`` written by
-``generate_test_data.py``), runs any model callable in batches and streams the stitched map (and
-optionally per-class probabilities and a preview) to disk; see :mod:`cropmap.stitch` for the blending.
+:func:`predict_from_source` reads an image's windows straight from the source image (decoded once, in
+bands); :func:`predict_image` reads the windows that ``generate_test_data.py`` cut (the rows of its
+``tiles.csv``). Both run any model callable in batches on its device and stream the stitched map (and
+optionally per-class probabilities and a colour preview) to disk; see :mod:`cropmap.windows` for the
+windows, :mod:`cropmap.stitch` for the blending and :mod:`cropmap.outputs` for the files.
 
 The model is any callable ``model(x) -> logits`` or ``-> {"out": logits, ...}`` with ``x`` float32
 ``[B, 3, H, W]`` ImageNet-normalised RGB and logits ``[B, C, H, W]``, so tests can pass a fake model.
 
-GPU path: windows are decoded by DataLoader workers into pinned memory, copied with ``non_blocking``,
-the model runs in channels_last under autocast (``amp``), and the copy of batch k's probabilities back
-to the host overlaps the forward of batch k+1 (a two-deep pipeline), so the device is not left idle
-while the CPU stitches.
+The work is a pipeline on the model's device, with the host doing only what it must:
+
+    decode thread         source rows -> pinned pieces            (or DataLoader workers: window files)
+    main thread           pieces -> device band -> windows -> normalise -> model (channels_last, autocast)
+                          -> softmax, TTA average -> blend into the device band of scores -> argmax
+    writer threads        finished rows of uint8 labels (and probabilities) -> host -> encode -> file
+
+Only ``uint8`` rows cross back to the host, copied asynchronously; nothing in the main loop waits for
+the device. Memory is a band of rows on the device and a few pieces and strips on the host, whatever
+the image size.
+
+Several processes (``torchrun``): ``rank``/``world_size`` share one image by rows
+(:func:`cropmap.windows.share_groups`); the map is the same, byte for byte, as one process's.
 """
 
 from __future__ import annotations
 
 import os
-from collections import deque
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+import torch.distributed as dist
 
-from .data import normalize  # the one input normalisation
 from .cli import InputError, progress as progress_bar
+from .data import normalize  # the one input normalisation
 from .device import amp_dtype
 from .layout import prob_paths
-from .raster import RasterInfo, open_writer, read_png, valid_mask, write_png
+from .outputs import MapOutputs, spool_path
+from .raster import RasterInfo, check_image, valid_mask, write_png
 from .stitch import BandStitcher, PreviewCanvas
+from .tiling import grid_positions
+from .windows import (Batch, WindowDataset, group_rows, share_groups, source_batches,  # noqa: F401 (re-export)
+                      window_file_batches)
 
 #: TTA levels: "none"; "flip": identity, horizontal and vertical flip; "d4": the 8 flips/90-degree rotations.
 TTA_MODES = ("none", "flip", "d4")
-
-
-class WindowDataset(Dataset):
-    """The test windows of one image, in the order of ``rows``.
-
-    Item ``i`` is ``(i, rgba, error)``: ``rgba`` ``uint8 [4, T, T]`` (RGB sources get alpha 255), and
-    ``error`` an empty string, or the one-line message of a missing/corrupt window (then ``rgba`` is
-    zeros), so that worker processes never raise user errors with their tracebacks.
-    """
-
-    def __init__(self, folder: str | os.PathLike, rows: Sequence[dict]):
-        self.folder = Path(folder)
-        self.rows = list(rows)
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, i: int):
-        row = self.rows[i]
-        size = int(row["size"])
-        path = self.folder / row["name"]
-        try:
-            arr = read_png(path)
-            if arr.ndim != 3 or arr.shape[2] not in (3, 4) or arr.shape[:2] != (size, size):
-                raise InputError(f"{path}: expected an RGB(A) window of {size}x{size}, got shape {arr.shape}")
-        except InputError as e:
-            return i, torch.zeros((4, size, size), dtype=torch.uint8), str(e)
-        if arr.shape[2] == 3:
-            arr = np.concatenate([arr, np.full(arr.shape[:2] + (1,), 255, np.uint8)], axis=2)
-        return i, torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))), ""
 
 
 def _logits(model: Callable, x: torch.Tensor) -> torch.Tensor:
@@ -132,61 +115,39 @@ def forward_probs(
     return total[..., :h, :w]
 
 
-def iter_window_probs(
-    model: Callable,
-    dataset: WindowDataset,
-    device: torch.device | str = "cpu",
-    batch_size: int = 8,
-    workers: int = 0,
-    tta: str = "none",
-    amp: bool = False,
-    channels_last: bool | None = None,
-) -> Iterator[tuple[dict, np.ndarray, np.ndarray]]:
-    """Run ``model`` over every window of ``dataset``, in order.
+_HEAP_KEPT = False
 
-    Yields ``(row, probs, rgba)`` per window: the ``tiles.csv`` row, ``float32 [C, T, T]`` probabilities
-    and the window ``uint8 [4, T, T]``. Raises :class:`InputError` for a missing or corrupt window.
+
+def keep_freed_memory(limit: int = 64 << 20) -> None:
+    """Let glibc serve allocations up to ``limit`` bytes from its heap and keep what is freed there.
+
+    By default glibc maps blocks above 128 kB to 32 MB afresh (its threshold adapts) and hands them back
+    when freed, so each batch's tensors (windows, normalised input, probabilities: up to 32 MB at 8
+    windows) were faulted in page by page again; measured on the development machine, the pipeline with
+    a zero-cost model ran 10-20% faster with them kept. Larger blocks (a big model's activations) are
+    still mapped and returned, and the heap shrinks when the PNG reader trims it, so peak RSS stays
+    that of the old setting (1536^2, DeepLabv3-ResNet-18, 4 windows a batch: 1.07-1.10 GB either way).
+    No-op where glibc is not the allocator; once per process.
     """
-    device = torch.device(device)
-    cuda = device.type == "cuda"
-    channels_last = cuda if channels_last is None else channels_last
-    loader = DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=workers,
-        pin_memory=cuda,
-        prefetch_factor=4 if workers > 0 else None,
-        persistent_workers=False,
-    )
-    pending: deque = deque()  # (indices, rgba, host probs, event) of batches in flight
+    global _HEAP_KEPT
+    if _HEAP_KEPT:
+        return
+    _HEAP_KEPT = True
+    try:
+        import ctypes
 
-    def drain(keep: int):
-        while len(pending) > keep:
-            idx, rgba, probs, event = pending.popleft()
-            if event is not None:
-                event.synchronize()
-            probs = probs.numpy()
-            rgba = rgba.numpy()
-            for k, i in enumerate(idx.tolist()):
-                yield dataset.rows[i], probs[k], rgba[k]
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    mallopt(m_mmap_threshold, int(limit))
+    mallopt(m_trim_threshold, int(limit))
 
-    for idx, rgba, errors in loader:
-        for err in errors:
-            if err:
-                raise InputError(err)
-        x = normalize(rgba.to(device, non_blocking=cuda))
-        probs = forward_probs(model, x, tta=tta, amp=amp, channels_last=channels_last)
-        if cuda:
-            host = torch.empty(probs.shape, dtype=torch.float32, pin_memory=True)
-            host.copy_(probs, non_blocking=True)
-            event = torch.cuda.Event()
-            event.record()
-        else:
-            host, event = probs, None
-        pending.append((idx, rgba, host, event))
-        yield from drain(keep=1 if cuda else 0)
-    yield from drain(keep=0)
+
+@torch.no_grad()
+def num_classes_of(model: Callable, device: torch.device | str = "cpu", amp: bool = False) -> int:
+    """The number of classes ``model`` predicts (one forward pass of a small zero image)."""
+    return int(forward_probs(model, torch.zeros((1, 3, 64, 64), device=device), amp=amp).shape[1])
 
 
 def image_geometry(rows: Sequence[dict], image: str) -> tuple[int, int, int]:
@@ -204,6 +165,123 @@ def image_geometry(rows: Sequence[dict], image: str) -> tuple[int, int, int]:
     return height, width, tile
 
 
+def assign_images(sizes: Sequence[int], world_size: int) -> list[list[int]]:
+    """Whole images per process: indices of ``sizes`` (pixels) dealt largest first to the least-loaded process."""
+    load = [0] * world_size
+    out: list[list[int]] = [[] for _ in range(world_size)]
+    for i in sorted(range(len(sizes)), key=lambda i: (-sizes[i], i)):
+        r = min(range(world_size), key=lambda r: (load[r], r))
+        out[r].append(i)
+        load[r] += sizes[i]
+    return [sorted(o) for o in out]
+
+
+def _all_gather(obj, world_size: int) -> list:
+    if world_size == 1:
+        return [obj]
+    out = [None] * world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def _predict(
+    model: Callable,
+    batches: Callable[[list, PreviewCanvas | None], Iterator[Batch]],
+    groups: list[list[int]],
+    height: int,
+    width: int,
+    tile: int,
+    map_path: str | os.PathLike,
+    *,
+    like: RasterInfo | None,
+    device: torch.device | str,
+    tta: str,
+    amp: bool,
+    channels_last: bool,
+    blend: str,
+    blend_options: dict | None,
+    save_probs: bool,
+    preview_path: str | os.PathLike | None,
+    preview_size: int,
+    progress: bool,
+    rank: int,
+    world_size: int,
+    num_classes: int | None,
+    total: int | None,
+) -> dict:
+    """Run ``model`` over this process's share of ``groups`` and write the map (see the module docstring)."""
+    device = torch.device(device)
+    keep_freed_memory()
+    if num_classes is None:
+        num_classes = num_classes_of(model, device, amp)
+    mine, rows = share_groups(groups, tile, height, rank, world_size)
+    preview = PreviewCanvas(height, width, preview_size) if preview_path else None
+    outputs = MapOutputs(map_path, width, height, num_classes, save_probs, like, preview,
+                         spool_rank=rank if rank > 0 else None)
+    stitcher = BandStitcher(height, width, num_classes, tile, outputs, blend=blend, keep_probs=save_probs,
+                            device=device, rows=rows, blend_options=blend_options)
+    status, windows = "", 0
+    bar = progress_bar(total=total, desc=Path(map_path).name, unit="win", disable=not progress or rank > 0, leave=False)
+    try:
+        for ys, xs, rgba in batches(mine, preview):
+            probs = forward_probs(model, normalize(rgba), tta=tta, amp=amp, channels_last=channels_last)
+            if probs.shape[1] != num_classes:
+                raise InputError(f"the model predicts {probs.shape[1]} classes, expected {num_classes}")
+            stitcher.add_batch(ys, xs, probs, valid_mask(rgba[:, 3]))
+            windows += len(ys)
+            bar.update(len(ys))
+        stitcher.finish()
+        if rank > 0:
+            outputs.close()  # the spools, for the first process
+        else:
+            outputs.check()  # (the writer threads go on encoding while the others finish)
+    except InputError as e:
+        outputs.abort()
+        if world_size == 1:
+            raise
+        status = str(e)
+    except BaseException:
+        outputs.abort()
+        raise
+    finally:
+        bar.close()
+    shares = [share_groups(groups, tile, height, r, world_size)[1] for r in range(world_size)]
+    if world_size > 1:
+        rgb = None if preview is None else preview.rgb[preview.rows(*rows)]
+        gathered = _all_gather((status, windows, rgb), world_size)
+        failed = [s for s, _, _ in gathered if s]
+        if failed:
+            outputs.abort()
+            raise InputError(failed[0])
+        windows = sum(n for _, n, _ in gathered)
+        if rank == 0:
+            try:
+                if preview is not None:
+                    for (start, stop), (_, _, part) in zip(shares[1:], gathered[1:]):
+                        preview.rgb[preview.rows(start, stop)] = part
+                outputs.append_spools([(r, shares[r][0]) for r in range(1, world_size)])
+            except BaseException:
+                outputs.abort()
+                for r in range(1, world_size):
+                    for p in outputs.paths:
+                        spool_path(p, r).unlink(missing_ok=True)
+                raise
+    if rank == 0:
+        outputs.close()
+        if preview is not None:
+            write_png(preview_path, preview.render())
+    if world_size > 1:
+        dist.barrier()  # every process returns once the files are in place
+    return {
+        "map": Path(map_path),
+        "windows": windows,
+        "num_classes": num_classes,
+        "probs": prob_paths(map_path, num_classes) if save_probs else [],
+        "preview": Path(preview_path) if preview_path else None,
+        "rows": rows,
+    }
+
+
 def predict_image(
     model: Callable,
     rows: Sequence[dict],
@@ -219,26 +297,37 @@ def predict_image(
     preview_path: str | os.PathLike | None = None,
     preview_size: int = 2048,
     progress: bool = True,
+    *,
     like: RasterInfo | None = None,
+    channels_last: bool = True,
+    blend_options: dict | None = None,
+    num_classes: int | None = None,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> dict:
-    """Predict one image's windows and stream the stitched map to ``map_path``.
+    """Predict one image from its pre-cut windows and stream the stitched map to ``map_path``.
 
     Args:
         model: callable (see the module docstring), already on ``device`` and in eval mode.
         rows: the image's ``tiles.csv`` rows (``name, y, x, size, height, width``); any order.
         tile_dir: folder holding the windows (``data/test/image3``).
-        map_path: output map, ``uint8 [H, W]`` single-channel PNG, 0 where no window marks a pixel valid.
-        blend: ``"gaussian"`` (centre-weighted blending) or ``"none"`` (paste).
-        save_probs: also write ``uint8`` probabilities (``round(255 p)``), one single-channel PNG per
+        map_path: output map, ``uint8 [H, W]`` single-channel, 0 where no window marks a pixel valid;
+            its format follows its suffix (:func:`cropmap.raster.open_writer`, georeferenced ``like``).
+        workers: DataLoader processes decoding the window files.
+        blend: a mode of :data:`cropmap.stitch.BLEND_MODES` (``blend_options`` go to its weights).
+        save_probs: also write ``uint8`` probabilities (``round(255 p)``), one single-channel file per
             class beside the map (:func:`prob_paths`).
         preview_path: write a downscaled colour preview (longest side ``preview_size``) there.
-        like: the source's :class:`RasterInfo`; a GeoTIFF map (``.tif``) keeps its CRS and transform.
+        channels_last: feed the model channels_last batches (the model should be converted too).
+        num_classes: what the model predicts (default: found by one forward pass).
+        rank, world_size: this process's share of the image (see the module docstring).
 
     Returns:
-        ``{"map": path, "windows": n, "num_classes": C, "probs": [paths], "preview": path or None}``.
+        ``{"map": path, "windows": n, "num_classes": C, "probs": [paths], "preview": path or None,
+        "rows": (start, stop) map rows this process computed}``.
     Every file is written under a temporary name and renamed when complete.
     """
-    height, width, tile = image_geometry(rows, rows[0]["image"] if rows else Path(map_path).stem)
+    height, width, tile = image_geometry(rows, Path(map_path).stem)
     rows = sorted(rows, key=lambda r: (int(r["y"]), int(r["x"])))
     missing = [r["name"] for r in rows if not os.path.isfile(os.path.join(tile_dir, r["name"]))]
     if missing:
@@ -247,49 +336,61 @@ def predict_image(
             "missing; run generate_test_data.py)"
         )
     dataset = WindowDataset(tile_dir, rows)
-    preview = PreviewCanvas(height, width, preview_size) if preview_path else None
-    writers: list = []
-    state: dict = {}
+    ys = sorted({int(r["y"]) for r in rows})
+    columns = len({int(r["x"]) for r in rows})
+    groups = group_rows(ys, columns, batch_size)
 
-    def sink(y: int, labels: np.ndarray, probs: np.ndarray | None) -> None:
-        writers[0].write(labels)
-        if probs is not None:
-            for c, wr in enumerate(writers[1:]):
-                wr.write(probs[c])
-        if preview is not None:
-            preview.add_labels(y, labels)
+    def batches(mine, preview):
+        return window_file_batches(dataset, mine, batch_size, device, workers, preview)
 
-    stitcher = None
-    bar = progress_bar(total=len(rows), desc=Path(map_path).name, unit="win", disable=not progress, leave=False)
-    try:
-        for row, probs, rgba in iter_window_probs(model, dataset, device, batch_size, workers, tta, amp):
-            if stitcher is None:
-                c = probs.shape[0]
-                state["num_classes"] = c
-                writers.append(open_writer(map_path, width, height, like=like))
-                if save_probs:
-                    writers.extend(open_writer(p, width, height, like=like, role="data") for p in prob_paths(map_path, c))
-                stitcher = BandStitcher(height, width, c, tile, sink, blend=blend, keep_probs=save_probs)
-            y, x = int(row["y"]), int(row["x"])
-            stitcher.add(y, x, probs, valid_mask(rgba[3]))
-            if preview is not None:
-                preview.add_image(y, x, rgba[:3].transpose(1, 2, 0))
-            bar.update(1)
-        stitcher.finish()
-        for wr in writers:
-            wr.close()
-    except BaseException:
-        for wr in writers:
-            wr.abort()
-        raise
-    finally:
-        bar.close()
-    if preview is not None:
-        write_png(preview_path, preview.render())
-    return {
-        "map": Path(map_path),
-        "windows": len(rows),
-        "num_classes": state["num_classes"],
-        "probs": prob_paths(map_path, state["num_classes"]) if save_probs else [],
-        "preview": Path(preview_path) if preview_path else None,
-    }
+    return _predict(model, batches, groups, height, width, tile, map_path, like=like, device=device, tta=tta,
+                    amp=amp, channels_last=channels_last, blend=blend, blend_options=blend_options,
+                    save_probs=save_probs, preview_path=preview_path, preview_size=preview_size, progress=progress,
+                    rank=rank, world_size=world_size, num_classes=num_classes,
+                    total=len(rows) if world_size == 1 else None)
+
+
+def predict_from_source(
+    model: Callable,
+    source: str | os.PathLike,
+    map_path: str | os.PathLike,
+    tile_size: int = 512,
+    stride: int | None = None,
+    device: torch.device | str = "cpu",
+    batch_size: int = 8,
+    tta: str = "none",
+    amp: bool = False,
+    blend: str = "gaussian",
+    save_probs: bool = False,
+    preview_path: str | os.PathLike | None = None,
+    preview_size: int = 2048,
+    progress: bool = True,
+    *,
+    channels_last: bool = True,
+    blend_options: dict | None = None,
+    num_classes: int | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+) -> dict:
+    """Predict one image straight from its source and stream the stitched map to ``map_path``.
+
+    The windows are the contract's grid (:func:`cropmap.tiling.grid_positions`: ``tile_size`` windows
+    every ``stride`` pixels, default half a window, the last row and column moved inward), the same as
+    ``generate_test_data.py`` cuts; windows with no valid pixel are skipped. Each source pixel is decoded
+    once (:func:`cropmap.windows.source_batches`). The map is written ``like`` the source (its format and
+    georeferencing, where the map's format keeps them). Other arguments and the result as
+    :func:`predict_image`.
+    """
+    info = check_image(source)
+    stride = stride or max(1, tile_size // 2)
+    ys = grid_positions(info.height, tile_size, stride)
+    xs = grid_positions(info.width, tile_size, stride)
+    groups = group_rows(ys, len(xs), batch_size)
+
+    def batches(mine, preview):
+        return source_batches(source, info, tile_size, xs, mine, batch_size, device, preview)
+
+    return _predict(model, batches, groups, info.height, info.width, tile_size, map_path, like=info, device=device,
+                    tta=tta, amp=amp, channels_last=channels_last, blend=blend, blend_options=blend_options,
+                    save_probs=save_probs, preview_path=preview_path, preview_size=preview_size, progress=progress,
+                    rank=rank, world_size=world_size, num_classes=num_classes, total=None)

@@ -152,7 +152,7 @@ def test_uncovered_rows_between_windows_are_zero():
     seen = []
 
     def sink(y, labels, probs):
-        seen.append((y, labels.copy()))
+        seen.append((y, labels.numpy()))  # the sink gets tensors on the device (here the CPU)
 
     st = BandStitcher(h, w, 2, tile, sink)
     p = np.zeros((2, tile, tile), np.float32)

@@ -454,9 +454,11 @@ def test_bench_train_reports_both_throughputs(tiles, capsys):
     spec.loader.exec_module(bench)
     args = bench.get_args_parser().parse_args(
         ["--data_root", str(tiles), "--backbone", "resnet18", "--device", "cpu", "--crop_size", "32",
-         "--batch_size", "2", "--workers", "1", "--threads", "1", "--iters", "2", "--warmup", "1", "--repeats", "1"])
+         "--batch_size", "2", "--workers", "1", "--threads", "1", "--iters", "2", "--warmup", "1", "--repeats", "1",
+         "--epoch_iters", "3", "--repeat_tiles", "2"])
     result = bench.main(args)
     assert result["full"] > 0 and result["bare"] > 0
+    assert result["loader_1"] > 0 and result["loader_n"] > 0 and result["epoch"] > 0
     assert result["overhead_pct"] == pytest.approx(100 * (1 - result["full"] / result["bare"]))
     assert "data pipeline overhead" in capsys.readouterr().out
     assert not (tiles / "model").exists()  # the benchmark writes nothing
