@@ -96,8 +96,8 @@ def plan(args: argparse.Namespace) -> list[dict]:
     output_dir = submit_dir(args.data_root, args.output_dir)
     check_output_dir(output_dir)
 
-    def job(image: str, source: Path, **extra) -> dict:
-        out = map_path(output_dir, image, args.name, map_suffix(source, args.format))
+    def job(image: str, origin: Path, **extra) -> dict:  # origin: the source image the map is named after
+        out = map_path(output_dir, image, args.name, map_suffix(origin, args.format))
         check_output_file(out)
         return {"image": image, "out": out, **extra}
 

@@ -361,11 +361,18 @@ def test_source_without_valid_pixel_warns_and_predicts_zeros(tmp_path, capfd, mo
     assert zero.shape == (38, 58) and not zero.any()
     assert not read_png(root / "submit" / "image_4_predict_prob2.png").any()
     assert (read_png(root / "submit" / "image_3_predict.png") == 2).any()  # the other image as usual
-    # a source with valid pixels but no windows is still an error, with the right name and advice
+    # an image whose windows tiles.csv does not list is read straight from its source (the contract);
+    # where that source is missing too, one error line names both and gives the advice
+    before = read_png(root / "submit" / "image_3_predict.png")
     rows = [ln for ln in (root / "test" / "tiles.csv").read_text().splitlines()[:1]]
     (root / "test" / "tiles.csv").write_text("\n".join(rows) + "\n")
+    rc, _, err = run_script("predict", ["--data_root", str(root), "--images", "image_3", "--workers", "0",
+                                        "--tile_size", "32", "--stride", "16", "--quiet"], capfd)
+    assert rc == 0, err
+    np.testing.assert_array_equal(read_png(root / "submit" / "image_3_predict.png"), before)
+    (root / TEST_SRC / "image_3.png").unlink()
     rc, _, err = run_script("predict", ["--data_root", str(root), "--images", "image_3", "--quiet"], capfd)
-    assert_one_error(rc, err, "no test windows of image_3 ", "generate_test_data.py")
+    assert_one_error(rc, err, "image_3.png: file not found", "lists no windows of image_3", "generate_test_data.py")
 
 
 # ---- 8. tiles.csv: names stay in their folder; malformed rows name file, line and column ---------

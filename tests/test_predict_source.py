@@ -220,7 +220,7 @@ def test_spooled_rows_reach_the_writer_as_one_process_writes_them(tmp_path, monk
     calls = []
 
     class Recorder:
-        def __init__(self, path, width, height, channels=1, like=None):
+        def __init__(self, path, width, height, channels=1, like=None, role="map"):
             self.path = Path(path)
 
         def write(self, strip):
