@@ -3,6 +3,7 @@
 Run by hand, from the repository root, on a machine with one CUDA GPU (README, "GPU check")::
 
     python bench/gpu_check.py                       # --device cuda, the GPU sizes; at most 6 minutes on one H100
+    python bench/gpu_check.py --speed               # the speed figures instead (bench/train.py, bench/predict.py)
     python bench/gpu_check.py --device cpu          # dry run of the same steps on the CPU: smaller, no --amp
 
 Steps, each the documented script in its own process (its command is the first line of its log):
@@ -13,9 +14,15 @@ test windows, the five training entries (``train.py``, ``train_focalloss.py``, `
 --nproc_per_node 1`` (DDP over NCCL with ``--sync_bn``; gloo on the CPU), ``predict.py --amp --tta flip``
 with three of the models, ``vote.py``, ``fill_hole.py`` and ``score.py``.
 
+With ``--speed`` the steps are the speed figures instead: a synthetic training set, ``bench/train.py`` (the
+loader alone, the full and the bare step, a 200-iteration epoch; DeepLabv3-ResNet-50, batch 16, AMP) and
+``bench/predict.py`` (pure forward vs predict from the source, a zero-cost model, peak RSS at two sizes, an
+image of image_3's size with and without ``--tta flip``); their tables are in ``logs.txt``.
+
 Prints a table (step, status, seconds, peak GPU memory as PyTorch's allocator saw it, peak RSS of the
-step's main process) and writes it with every step's log under ``--out`` (default ``$OUT`` when set,
-else ``bench/out/gpu_check``): ``table.md``, ``table.json``, ``logs/NN_step.log``. A step fails on a
+step's main process) and writes it under ``--out`` (default ``$OUT`` when set, else
+``bench/out/gpu_check``) with every step's log: ``table.md``, ``table.json``, ``logs.txt`` (few files, so
+that a remote runner returns them all). A step fails on a
 non-zero exit, a timeout, or a log without the line that proves it did its job (e.g. ``(DDP, nccl)``,
 ``amp bfloat16``, ``resumed from``);
 steps that need a failed one are skipped. Exits 1 if any step failed or was skipped.
@@ -101,6 +108,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                    help="--amp in training, evaluation and prediction (default: on for cuda, off for cpu)")
     p.add_argument("--budget", type=int, default=None,
                    help="seconds after which the remaining steps are skipped (default: cuda 360, cpu 1800)")
+    p.add_argument("--speed", action="store_true",
+                   help="run the speed figures (bench/train.py, bench/predict.py) instead of the check of every "
+                        "script; about 6 minutes on one GPU")
     return p
 
 
@@ -185,7 +195,7 @@ def plan(args: argparse.Namespace, work: Path) -> list[dict]:
     for name, script, checkpoint in [("ce", "train.py", "deeplabv3_resnet18_gpu_ce_best.pth"),
                                      ("focal", "train_focalloss.py", "deeplabv3_resnet18_gpu_focal_best.pth"),
                                      ("unet", "Unet_resnet34/train.py", "unet_resnet34_gpu_unet_best.pth")]:
-        steps.append(dict(name=f"predict {name}", needs=[script, "test windows"], expect="windows in",
+        steps.append(dict(name=f"predict {name}", needs=[script, "test windows"], expect=r"windows \(.*\) in",
                           cmd=[*step, "predict.py", "--data_root", str(work), "--checkpoint", str(model / checkpoint),
                                "--name", name, "--device", args.device, *amp, "--tta", "flip",
                                "--batch_size", str(args.predict_batch), "--workers", str(args.workers), "--quiet"]))
@@ -198,6 +208,39 @@ def plan(args: argparse.Namespace, work: Path) -> list[dict]:
              cmd=[*step, "score.py", "--data_root", str(work), "--json", str(Path(args.out) / "scores.json")]),
     ]
     return steps
+
+
+def plan_speed(args: argparse.Namespace, work: Path) -> list[dict]:
+    """The speed steps (``--speed``): the figures of the GPU-speed issue, as in the README's tables."""
+    py = [sys.executable]
+    cuda = args.device.startswith("cuda")
+    amp = ["--amp"] if args.amp else []
+    data = work / "speed"
+    if cuda:
+        size, tile, train = "4000", "512", ["--backbone", "resnet50", "--batch_size", "16", "--crop_size", "512",
+                                            "--workers", "12", "--iters", "30", "--warmup", "5", "--epoch_iters", "200",
+                                            "--repeat_tiles", "80"]
+        predict = ["--backbone", "resnet50", "--batch_size", "16", "--threads", "16", "--repeats", "2",
+                   "--sizes", "4096", "8192", "--full", "--full_tta", "flip"]
+    else:  # a dry run of the same commands
+        size, tile, train = "1000", "128", ["--backbone", "resnet18", "--batch_size", "2", "--crop_size", "128",
+                                            "--workers", "1", "--iters", "2", "--warmup", "1", "--epoch_iters", "4"]
+        predict = ["--backbone", "resnet18", "--batch_size", "2", "--repeats", "1", "--sizes", "256", "512",
+                   "--tile_size", "128", "--stride", "64"]
+    return [
+        dict(name="environment", cmd=[*py, "-c", ENV_CODE, args.device], expect="environment ok"),
+        dict(name="synthetic training set", needs=["environment"],
+             cmd=[*py, "make_synthetic_data.py", "--data_root", str(data), "--size", size, "--images", "image_1",
+                  "image_2", "--quiet"]),
+        dict(name="training tiles", needs=["synthetic training set"],
+             cmd=[*py, "generate_train_data.py", "--data_root", str(data), "--tile_size", tile, "--keep", "valid",
+                  "--workers", str(max(2, args.workers)), "--quiet"]),
+        dict(name="speed: training", needs=["training tiles"], expect="bare",
+             cmd=[*py, "bench/train.py", "--data_root", str(data), "--device", args.device, *amp, *train,
+                  "--repeats", "1"]),
+        dict(name="speed: prediction", needs=["environment"], expect="pure",
+             cmd=[*py, "bench/predict.py", "--device", args.device, *amp, *predict, "--out", str(work / "predict")]),
+    ]
 
 
 # ---- running and reporting ----------------------------------------------------------------------
@@ -222,7 +265,7 @@ def run_steps(steps: list[dict], out: Path, step_timeout: int, budget: int) -> l
         if time.perf_counter() - start_all > budget:
             row["status"] = status[name] = "skipped (over --budget)"
             continue
-        log = logs / f"{i:02d}_{name.replace(' ', '_').replace('/', '_').replace('(', '').replace(')', '')}.log"
+        log = logs / f"{i:02d}_{re.sub(r'[^A-Za-z0-9_.-]+', '_', name).strip('_')}.log"
         prefix = reports / f"{i:02d}"
         env = dict(os.environ, **{REPORT_ENV: str(prefix)})
         shown = " ".join(shlex.quote(c) for c in s["cmd"])
@@ -275,7 +318,10 @@ def apply_defaults(args: argparse.Namespace) -> argparse.Namespace:
     cuda = args.device.startswith("cuda")
     if not (cuda or args.device == "cpu"):
         raise SystemExit(f"--device {args.device!r}: expected cuda, cuda:N or cpu")
-    for key, value in DEFAULTS["cuda" if cuda else "cpu"].items():
+    defaults = dict(DEFAULTS["cuda" if cuda else "cpu"])
+    if args.speed and cuda:  # two long benchmarks: each may take minutes, the whole about 6
+        defaults.update(budget=540, step_timeout=420)
+    for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
     return args
@@ -290,16 +336,19 @@ def main(args: argparse.Namespace) -> int:
     print(f"GPU check on {args.device}: data in {work}, table and logs in {out}", flush=True)
     t0 = time.perf_counter()
     try:
-        rows = run_steps(plan(args, work), out, args.step_timeout, args.budget)
+        steps = plan_speed(args, work) if args.speed else plan(args, work)
+        rows = run_steps(steps, work, args.step_timeout, args.budget)  # per-step logs in work/logs
+        logs = sorted((work / "logs").glob("*.log"))
+        (out / "logs.txt").write_text("".join(f"===== {p.name}\n{p.read_text(errors='replace')}\n" for p in logs))
+        env_lines = [ln for ln in (logs[0].read_text(errors="replace").splitlines() if logs else [])
+                     if ln.startswith(("python ", "pyvips ", "cuda "))]
     finally:
         if not args.keep and not args.work:
             shutil.rmtree(work, ignore_errors=True)
     total = time.perf_counter() - t0
-    env_log = next(iter(sorted((out / "logs").glob("01_*.log"))), None)
-    env_lines = [ln for ln in env_log.read_text(errors="replace").splitlines()
-                 if ln.startswith(("python ", "pyvips ", "cuda "))] if env_log else []
     failed = [r for r in rows if r["status"] != "ok"]
-    title = (f"bench/gpu_check.py --device {args.device}: {len(rows) - len(failed)}/{len(rows)} steps ok in "
+    title = (f"bench/gpu_check.py --device {args.device}{' --speed' if args.speed else ''}: "
+             f"{len(rows) - len(failed)}/{len(rows)} steps ok in "
              f"{total:.0f} s (synthetic --size {args.size}, tiles {args.tile_size}, batch {args.batch_size}, "
              f"1 epoch of {args.iters} iterations, amp {'on' if args.amp else 'off'})\n" + "\n".join(f"    {ln}" for ln in env_lines))
     table = format_table(rows, title)

@@ -67,3 +67,25 @@ def test_steps_table_failures_and_skips(tmp_path):
     table = gc.format_table(rows, "title")
     assert "| exit 3 | FAILED (exit 3) |" in table and "| needs exit 3 | skipped (needs exit 3) | - | - | - |" in table
     json.dumps(rows)  # the table is also written as JSON
+
+
+def _load_bench(name):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cuda_speed_plan_parses_with_the_benchmarks_flags(tmp_path):
+    """--speed on CUDA: the two benchmarks get flags they accept (a typo would fail only on the GPU machine)."""
+    gc = load_gpu_check()
+    args = gc.apply_defaults(gc.get_args_parser().parse_args(["--device", "cuda", "--speed", "--out", str(tmp_path)]))
+    assert args.step_timeout >= 400 and args.budget <= 560
+    steps = {s["name"]: s for s in gc.plan_speed(args, tmp_path / "work")}
+    for name, bench in [("speed training", "train"), ("speed prediction", "predict")]:
+        step = next(s for n, s in steps.items() if n.replace(":", "") == name)
+        cmd = step["cmd"]
+        assert cmd[1] == f"bench/{bench}.py" and "--amp" in cmd and cmd[cmd.index("--device") + 1] == "cuda"
+        parsed = _load_bench(bench).get_args_parser().parse_args(cmd[2:])
+        assert parsed.device == "cuda" and parsed.amp and parsed.backbone == "resnet50"
+    assert {"environment", "synthetic training set", "training tiles"} <= set(steps)
