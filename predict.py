@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from cropmap.cli import InputError, add_map_args, device_name, nonneg_int, positive_int, run_cli, warn
+from cropmap.cli import InputError, add_hardware_args, add_map_args, nonneg_int, positive_int, run_cli, warn
 from cropmap.files import check_output_dir, check_output_file
 from cropmap.inference import TTA_MODES, assign_images, predict_from_source, predict_image
 from cropmap.layout import (TEST_SOURCE_DIR, map_path, map_suffix, model_dir, preview_path, source_path, submit_dir,
@@ -62,13 +62,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--workers", type=nonneg_int, default=2,
                    help="DataLoader worker processes decoding pre-cut window files (default: 2); a source image is "
                         "decoded by one thread running ahead of the model")
-    p.add_argument("--device", type=device_name, default=None,
-                   help="cuda, cuda:N or cpu (default: cuda when available, else cpu; cuda means the current GPU; "
-                        "under torchrun cuda:LOCAL_RANK)")
-    p.add_argument("--threads", type=positive_int, default=None,
-                   help="CPU threads of PyTorch in each process (default: PyTorch's choice)")
-    p.add_argument("--amp", action="store_true",
-                   help="mixed precision, as in training: bf16 where the GPU supports it, else fp16; bf16 on the CPU")
+    add_hardware_args(p, "CPU threads of PyTorch in each process (default: PyTorch's choice)",
+                      "mixed precision, as in training: bf16 where the GPU supports it, else fp16; bf16 on the CPU")
     p.add_argument(
         "--tta",
         nargs="?",

@@ -184,6 +184,16 @@ def plain_flags(args: argparse.Namespace | dict) -> dict:
     return {k: v for k, v in items if not k.startswith("_")}
 
 
+def add_hardware_args(p, threads_help: str, amp_help: str) -> None:
+    """``--device``, ``--threads`` and ``--amp``, the hardware flags of training and prediction (one device
+    rule: :mod:`cropmap.device`)."""
+    p.add_argument("--device", type=device_name, default=None,
+                   help="cuda, cuda:N or cpu (default: cuda when available, else cpu; cuda is the current GPU, "
+                        "under torchrun cuda:LOCAL_RANK); on CUDA channels_last and cudnn.benchmark are on")
+    p.add_argument("--threads", type=positive_int, default=None, help=threads_help)
+    p.add_argument("--amp", action="store_true", help=amp_help)
+
+
 def add_map_args(p: argparse.ArgumentParser, what: str, num_classes: bool = True) -> None:
     """The flags of the scripts that read or write maps: data root, images, map folder, classes, progress.
 

@@ -41,7 +41,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from . import checkpoint as ckpt
-from .cli import (ArgumentParser, InputError, device_name, nonneg_float, nonneg_int, num_classes_int,
+from .cli import (ArgumentParser, InputError, add_hardware_args, nonneg_float, nonneg_int, num_classes_int,
                   plain_flags, positive_float, positive_int, positive_int_list, progress as progress_bar, ranged,
                   seed_int, short, typed_flags)
 from .device import amp_dtype, local_rank, select_device
@@ -715,13 +715,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--swa_anneal_epochs", type=nonneg_int, default=2, help="epochs of cosine annealing to --swa_lr (default: 2)")
 
     g = p.add_argument_group("hardware")
-    g.add_argument("--device", type=device_name, default=None,
-                   help="cuda, cuda:N or cpu (default: cuda when available, else cpu; cuda is the current GPU, "
-                   "under torchrun cuda:LOCAL_RANK); on CUDA channels_last and cudnn.benchmark are on")
-    g.add_argument("--threads", type=positive_int, default=None,
-                   help="CPU threads of each training process (default: PyTorch's choice; 1 is faster on a busy machine)")
-    g.add_argument("--amp", action="store_true",
-                   help="mixed precision: bf16 where supported, else fp16 with a gradient scaler")
+    add_hardware_args(g, "CPU threads of each training process (default: PyTorch's choice; 1 is faster on a busy "
+                         "machine)", "mixed precision: bf16 where supported, else fp16 with a gradient scaler")
     g.add_argument("--sync_bn", action="store_true", help="SyncBatchNorm across processes under torchrun (CUDA only)")
     return p
 

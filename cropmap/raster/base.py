@@ -70,6 +70,27 @@ def _fmt(t) -> str:
     return "(" + ", ".join(f"{v:.10g}" for v in t) + ")"
 
 
+class StreamingWriter:
+    """What every format's streaming writer shares: ``with writer: ...`` closes it (renamed into place) when
+    the block ends normally and aborts it (the partial file deleted) on an exception. Subclasses define
+    ``write(strip)``, ``close()`` and ``abort()``."""
+
+    def close(self):
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
 @dataclass(frozen=True)
 class RasterInfo:
     """Header facts of a raster file, whatever its format.

@@ -34,7 +34,7 @@ import numpy as np
 
 from ..cli import InputError, short
 from ..files import temporary_path
-from .base import COLOR_NAMES, Georef, RasterInfo
+from .base import COLOR_NAMES, Georef, RasterInfo, StreamingWriter
 
 FORMAT = "geotiff"
 BLOCK = 512  # tile side of written files (GDAL's COG default)
@@ -248,7 +248,7 @@ def class_colormap(nodata_class: bool) -> dict[int, tuple[int, int, int, int]]:
     return table
 
 
-class StripWriter:
+class StripWriter(StreamingWriter):
     """Stream an 8-bit GeoTIFF to disk strip by strip, finished as a Cloud-Optimized GeoTIFF.
 
     ``channels`` 1 (class map, label or data: ``role``, see :data:`ROLES`), 3 (RGB) or 4 (RGBA: written as
@@ -362,12 +362,3 @@ class StripWriter:
         self._tmp.unlink(missing_ok=True)
         if self._out is not None:
             self._out.unlink(missing_ok=True)
-
-    def __enter__(self) -> "StripWriter":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()

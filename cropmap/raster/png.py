@@ -22,7 +22,7 @@ import numpy as np
 
 from ..cli import InputError, short
 from ..files import atomic_path, temporary_path
-from .base import RasterInfo
+from .base import RasterInfo, StreamingWriter
 
 FORMAT = "png"
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -287,7 +287,7 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
 
-class StripWriter:
+class StripWriter(StreamingWriter):
     """Stream an 8-bit PNG to disk strip by strip; it is renamed into place only when complete.
 
     ``channels`` 1 (gray), 3 (RGB) or 4 (RGBA). Call :meth:`write` with ``uint8 [h, W]`` or
@@ -356,12 +356,3 @@ class StripWriter:
         if not self._f.closed:
             self._f.close()
         self._tmp.unlink(missing_ok=True)
-
-    def __enter__(self) -> "StripWriter":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
