@@ -43,7 +43,7 @@ from torch.utils.data import DataLoader, Subset
 from . import checkpoint as ckpt
 from .data import MultiScaleBatchSampler, TileDataset, collate, oversample_weights, shard_indices
 from .imageio import IGNORE as IGNORE_INDEX, InputError, atomic_path
-from .metrics import CLASS_NAMES, ConfusionMatrix
+from .metrics import CLASS_NAMES, ConfusionMatrix, exclude_absent
 
 
 
@@ -88,6 +88,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--loss", default="ce", help="ce, focal, lovasz or focal+lovasz (default: ce)")
     g.add_argument("--aux_weight", type=float, default=0.2,
                    help="weight of the auxiliary head's loss; 0 builds no auxiliary head (default: 0.2)")
+    g.add_argument("--label_smoothing", default="none", choices=["none", "edge"],
+                   help="edge: edge-aware label smoothing of the CE/focal term (11x11 window, factor = the window's "
+                        "share of other classes, capped at 0.2); none: hard labels (default: none)")
 
     g = p.add_argument_group("optimisation")
     g.add_argument("--base_lr", type=float, default=0.007, help="SGD learning rate of the backbone (default: 0.007)")
@@ -96,6 +99,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--weight_decay", type=float, default=1e-4, help="SGD weight decay (default: 1e-4)")
     g.add_argument("--poly_power", type=float, default=0.9,
                    help="poly decay lr = base_lr * (1 - iter / total_iters) ** power, per iteration (default: 0.9)")
+    g.add_argument("--warmup_iters", type=int, default=0,
+                   help="linear learning-rate warm-up over the first N iterations, from base_lr / N, times the "
+                        "poly decay (default: 0, off)")
 
     g = p.add_argument_group("data")
     g.add_argument("--batch_size", type=int, default=8, help="images per iteration and process (default: 8)")
@@ -106,6 +112,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                    help="batch size per --scales entry (default: --batch_size scaled to equal pixels per batch)")
     g.add_argument("--scale_min", type=float, default=0.5, help="smallest random rescale of a tile (default: 0.5)")
     g.add_argument("--scale_max", type=float, default=2.0, help="largest random rescale of a tile (default: 2.0)")
+    g.add_argument("--color_jitter", type=float, default=0.0,
+                   help="colour jitter amplitude of brightness/contrast/saturation/hue in training, e.g. 0.08 "
+                        "(labels and no-data untouched; default: 0, off)")
     g.add_argument("--oversample", type=float, default=0.0,
                    help="rare-class oversampling power p: a class of pixel share f weighs f**-p (0: off, 1: balanced; default: 0)")
     g.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
@@ -401,7 +410,8 @@ class Trainer:
 
         # data
         self.train_set = TileDataset(args.data_root, "train", args.num_classes, augment=True,
-                                     crop_size=self.scales[0], scale_range=(args.scale_min, args.scale_max))
+                                     crop_size=self.scales[0], scale_range=(args.scale_min, args.scale_max),
+                                     color_jitter=getattr(args, "color_jitter", 0.0))
         self.val_set = TileDataset(args.data_root, "val", args.num_classes, augment=False)
         weights = None
         if args.oversample > 0:
@@ -436,7 +446,11 @@ class Trainer:
         if self.world_size > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = nn.parallel.DistributedDataParallel(model, device_ids=ids)
-        self.criterion = build_loss(args.loss, aux_weight=args.aux_weight, ignore_index=IGNORE_INDEX).to(self.device)
+        try:
+            self.criterion = build_loss(args.loss, aux_weight=args.aux_weight, ignore_index=IGNORE_INDEX,
+                                        label_smoothing=getattr(args, "label_smoothing", "none")).to(self.device)
+        except ValueError as e:
+            raise InputError(f"--loss {args.loss} --label_smoothing {args.label_smoothing}: {e}") from None
         backbone_ids = {id(p) for p in model.backbone.parameters()}
         groups = [
             {"params": [p for p in model.parameters() if id(p) in backbone_ids], "lr": args.base_lr},
@@ -444,10 +458,8 @@ class Trainer:
         ]
         self.optimizer = torch.optim.SGD(groups, lr=args.base_lr, momentum=args.momentum, weight_decay=args.weight_decay)
         self.total_iters = args.epochs * self.iters_per_epoch
-        total, power = self.total_iters, args.poly_power
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda it: (1.0 - min(it, total) / total) ** power
-        )
+            self.optimizer, lr_factor(self.total_iters, args.poly_power, getattr(args, "warmup_iters", 0)))
         self.step_scheduler = True
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
 
@@ -546,7 +558,7 @@ class Trainer:
         show = self.is_main and not self.args.quiet
         cm, loss = evaluate(model, self.val_loader, self.device, self.args.num_classes, self.criterion,
                             self.amp_dtype, progress=show)
-        metrics = cm.compute()
+        metrics = exclude_absent(cm.compute())  # a class missing from the validation labels is reported as absent
         metrics["val_loss"] = loss
         self.last_table = cm.table(self._class_names())
         return metrics
@@ -600,8 +612,9 @@ class Trainer:
                "val_loss": metrics.get("val_loss", float("nan")),
                "lr": self.optimizer.param_groups[0]["lr"], "lr_head": self.optimizer.param_groups[1]["lr"]}
         names = self._class_names()
+        absent = set(metrics.get("absent", []))
         for k, name in enumerate(names):
-            row[f"iou_{name}"] = metrics["iou"][k] if metrics else float("nan")
+            row[f"iou_{name}"] = ("absent" if k in absent else metrics["iou"][k]) if metrics else float("nan")
         row["mIoU"] = metrics.get("mIoU", float("nan"))
         row["mIoU_all"] = metrics.get("mIoU_all", float("nan"))
         row["train_images_per_s"] = stats["train_images_per_s"]
@@ -682,6 +695,17 @@ class Trainer:
             dist.destroy_process_group()
 
 
+def lr_factor(total_iters: int, power: float, warmup_iters: int = 0):
+    """The learning-rate multiplier of iteration ``it``: poly decay ``(1 - it / total) ** power``, times a
+    linear warm-up ``min(1, (it + 1) / warmup_iters)`` over the first ``warmup_iters`` iterations."""
+
+    def factor(it: int) -> float:
+        poly = (1.0 - min(it, total_iters) / total_iters) ** power
+        return poly * min(1.0, (it + 1) / warmup_iters) if warmup_iters > 0 else poly
+
+    return factor
+
+
 def _copy_atomic(src: Path, dst: Path) -> None:
     with atomic_path(dst) as tmp:
         shutil.copyfile(src, tmp)
@@ -711,7 +735,8 @@ def plot_curves(path: Path, history: list[dict]) -> None:
     ax_loss.plot(epochs, [r["val_loss"] for r in history], "o-", label="val")
     ax_loss.set_title("loss")
     for key in [k for k in history[0] if k.startswith("iou_")]:
-        ax_iou.plot(epochs, [r[key] for r in history], ".-", alpha=0.7, label=key[4:])
+        values = [r[key] if isinstance(r[key], float) else float("nan") for r in history]  # "absent" -> gap
+        ax_iou.plot(epochs, values, ".-", alpha=0.7, label=key[4:])
     ax_iou.plot(epochs, [r["mIoU"] for r in history], "o-", color="k", lw=2, label="mIoU (crops)")
     ax_iou.set_ylim(0, 1)
     ax_iou.set_title("validation IoU")
