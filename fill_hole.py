@@ -8,7 +8,11 @@ morph (default): a 4-connected region of class-0 valid pixels that touches neith
 no-data, whose every neighbouring pixel is one class c and whose area is at most --max_hole, becomes c.
 With --min_area, islands of a crop class smaller than that then become the one class around them.
 square: windows of 500 then 400 px every 50 px; where all four borders of a window carry one class v,
-its class-0 pixels become v. No-data pixels (alpha != 255 in the source) stay 0 in both.
+its class-0 pixels become v.
+area (the competition winners' small-object and hole removal): for each class in turn (0 first), every
+4-connected region smaller than --min_area pixels takes the class most of its neighbours have.
+close: for each crop class, a morphological closing (ellipse of --radius); class-0 pixels it adds take
+that class. No-data pixels (alpha != 255 in the source) stay 0 with every method.
 """
 
 from __future__ import annotations
@@ -30,9 +34,15 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--input", default=None, help="one map to fill (default: OUTPUT_DIR/IMAGE_predict.png for each of --images)")
     p.add_argument("--output", default=None, help="where the filled map goes (default: replace the input once complete)")
     p.add_argument("--source", default=None, help="the source image of --input, for its no-data mask (required with --input)")
-    p.add_argument("--method", default="morph", choices=FILL_METHODS, help="morph (enclosed regions) or square (the original's rule) (default: morph)")
+    p.add_argument("--method", default="morph", choices=FILL_METHODS,
+                   help="morph (enclosed regions), square (the original's rule), area (regions smaller than --min_area "
+                        "of every class take their neighbours' majority class) or close (morphological closing of each "
+                        "crop class, --radius) (default: morph)")
     p.add_argument("--max_hole", type=int, default=250_000, help="morph: largest hole area filled, in pixels (default: 250000, a 500x500 square)")
-    p.add_argument("--min_area", type=int, default=0, help="morph: crop islands smaller than this many pixels take the class around them (default: 0, off)")
+    p.add_argument("--min_area", type=int, default=0,
+                   help="morph: crop islands smaller than this many pixels take the class around them; area: regions "
+                        "of any class smaller than this take their neighbours' majority class (default: 0, off)")
+    p.add_argument("--radius", type=int, default=3, help="close: radius in pixels of the elliptical closing kernel (default: 3)")
     p.add_argument("--sizes", type=int, nargs="+", default=[500, 400], help="square: window sides, applied in turn (default: 500 400)")
     p.add_argument("--stride", type=int, default=50, help="square: window step; must divide every size (default: 50)")
     p.add_argument("--num_classes", type=int, default=4, help="number of classes of the maps (default: 4)")
@@ -42,6 +52,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> list[Path]:
+    if args.method == "area" and args.min_area < 2:
+        raise InputError("--method area needs --min_area N (N >= 2: regions smaller than N pixels are removed)")
+    if args.radius < 0:
+        raise InputError(f"--radius must be >= 0, got {args.radius}")
     if any(s % args.stride for s in args.sizes):
         raise InputError(f"--stride {args.stride} must divide every --sizes value {args.sizes}")
     data_root = Path(args.data_root)
@@ -69,6 +83,7 @@ def main(args: argparse.Namespace) -> list[Path]:
             stride=args.stride,
             band_rows=args.band_rows,
             progress=not args.quiet,
+            radius=args.radius,
         )
         print(f"{map_path} -> {output} ({args.method})")
         done.append(output)

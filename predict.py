@@ -6,7 +6,9 @@
 Reads ``{data_root}/test/tiles.csv`` and the windows written by ``generate_test_data.py``; writes
 ``{output_dir}/{image}_predict.png`` (or ``{image}_predict_{name}.png`` with ``--name``, for voting),
 a colour preview ``..._preview.png`` beside it and, with ``--save_probs``, per-class probabilities
-``..._prob{c}.png`` (uint8, 255 = 1.0) for ``vote.py --soft``.
+``..._prob{c}.png`` (uint8, 255 = 1.0) for ``vote.py --soft``. Beside each map a sidecar
+``..._predict[_NAME].json`` names the checkpoint that made it and its validation IoU (``vote.py
+--weights auto`` reads it).
 """
 
 from __future__ import annotations
@@ -55,9 +57,13 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "--blend",
         default="gaussian",
         choices=BLEND_MODES,
-        help="how overlapping windows combine: gaussian (centre-weighted probabilities) or none "
+        help="how overlapping windows combine: gaussian (centre-weighted probabilities), centre (keep only each "
+        "window's central --keep pixels: large windows, their centre kept, as the competition's winners did) or none "
         "(paste, the original's way; use with non-overlapping windows) (default: gaussian)",
     )
+    p.add_argument("--keep", type=int, default=None,
+                   help="with --blend centre: side of each window's central square that is kept; the test windows' "
+                        "stride (generate_test_data.py --stride) makes the squares tile the image (default: half the window)")
     p.add_argument("--save_probs", action="store_true", help="also write per-class uint8 probabilities IMAGE_predict[_NAME]_prob{c}.png")
     p.add_argument("--preview_size", type=int, default=2048, help="longest side of the colour preview; 0: no preview (default: 2048)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -65,13 +71,15 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> list[dict]:
-    from cropmap.checkpoint import find_best, load_model
+    from cropmap.checkpoint import find_best, load_checkpoint, load_model
+    from cropmap.ensemble import checkpoint_summary, write_sidecar
 
     data_root = Path(args.data_root)
     output_dir = Path(args.output_dir) if args.output_dir else data_root / "submit"
     checkpoint = args.checkpoint or find_best(data_root / "model")
     device = torch.device(args.device)
     model, ckpt_args = load_model(checkpoint, device=device)
+    summary = checkpoint_summary(checkpoint, load_checkpoint(checkpoint))
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     print(f"checkpoint {checkpoint}: {ckpt_args.get('model')} / {ckpt_args.get('backbone')}")
@@ -97,7 +105,10 @@ def main(args: argparse.Namespace) -> list[dict]:
             preview_path=paths["preview"] if args.preview_size > 0 else None,
             preview_size=max(args.preview_size, 1),
             progress=not args.quiet,
+            keep=args.keep,
         )
+        write_sidecar(paths["map"], {"map": str(paths["map"]), "image": image, **summary, "tta": args.tta,
+                                     "blend": args.blend, "keep": args.keep, "num_classes": res["num_classes"]})
         took = time.perf_counter() - start
         print(f"{image}: {res['windows']} windows in {took:.1f} s -> {res['map']}")
         results.append(res)

@@ -230,6 +230,7 @@ def predict_image(
     preview_path: str | os.PathLike | None = None,
     preview_size: int = 2048,
     progress: bool = True,
+    keep: int | None = None,
 ) -> dict:
     """Predict one image's windows and stream the stitched map to ``map_path``.
 
@@ -238,7 +239,8 @@ def predict_image(
         rows: the image's ``tiles.csv`` rows (``name, y, x, size, height, width``); any order.
         tile_dir: folder holding the windows (``data/test/image3``).
         map_path: output map, ``uint8 [H, W]`` single-channel PNG, 0 where no window marks a pixel valid.
-        blend: ``"gaussian"`` (centre-weighted blending) or ``"none"`` (paste).
+        blend: ``"gaussian"`` (centre-weighted blending), ``"centre"`` (keep each window's central
+            ``keep`` x ``keep`` pixels, default half the window) or ``"none"`` (paste).
         save_probs: also write ``uint8`` probabilities (``round(255 p)``), one single-channel PNG per
             class beside the map (:func:`prob_paths`).
         preview_path: write a downscaled colour preview (longest side ``preview_size``) there.
@@ -280,7 +282,7 @@ def predict_image(
                 writers.append(PngStripWriter(map_path, width, height))
                 if save_probs:
                     writers.extend(PngStripWriter(p, width, height) for p in prob_paths(map_path, c))
-                stitcher = BandStitcher(height, width, c, tile, sink, blend=blend, keep_probs=save_probs)
+                stitcher = BandStitcher(height, width, c, tile, sink, blend=blend, keep_probs=save_probs, keep=keep)
             y, x = int(row["y"]), int(row["x"])
             stitcher.add(y, x, probs, valid_mask(rgba[3]))
             if preview is not None:

@@ -19,8 +19,10 @@ from typing import Callable
 import numpy as np
 
 #: Blending modes: "gaussian" weights each window by a separable Gaussian centred on it (seams vanish);
-#: "none" pastes windows without weights, a later window overwriting an earlier one (the original's way).
-BLEND_MODES = ("gaussian", "none")
+#: "centre" keeps only each window's central ``keep`` x ``keep`` pixels (the competition winners' way:
+#: large windows, only their centre kept; see :func:`centre_window`); "none" pastes windows without
+#: weights, a later window overwriting an earlier one (the original's way).
+BLEND_MODES = ("gaussian", "centre", "none")
 
 #: Default colours of the classes in previews (RGB): other, tobacco, corn, coix.
 PALETTE = np.array(
@@ -43,6 +45,24 @@ def weight_window(size: int, sigma_scale: float = 0.125, floor: float = 1e-3) ->
     sigma = max(sigma_scale * size, 1e-6)
     ramp = np.exp(-0.5 * ((np.arange(size) - centre) / sigma) ** 2)
     ramp = np.maximum(ramp / ramp.max(), floor)
+    return np.outer(ramp, ramp).astype(np.float32)
+
+
+def centre_window(size: int, keep: int, floor: float = 1e-4) -> np.ndarray:
+    """Weights of centre-keep stitching: ``float32 [size, size]``, 1 on the central ``keep`` x ``keep``
+    square and ``floor`` elsewhere.
+
+    With windows every ``keep`` pixels the central squares tile the image, so each pixel takes the
+    prediction of the one window whose centre holds it, where the model saw the most context (at least
+    ``(size - keep) / 2`` pixels on every side). The ``floor`` keeps a tiny weight on the margins for the
+    pixels that no central square covers (the image's outer margin, or windows moved inward at the far
+    edges): they blend the margins of the windows that cover them.
+    """
+    if not 0 < keep <= size:
+        raise ValueError(f"keep must be in 1..{size}, got {keep}")
+    lo = (size - keep) // 2
+    ramp = np.full(size, floor, np.float32)
+    ramp[lo : lo + keep] = 1.0
     return np.outer(ramp, ramp).astype(np.float32)
 
 
@@ -80,8 +100,10 @@ class BandStitcher:
         sink: called as ``sink(y, labels, probs)`` for consecutive row ranges covering ``0..height``
             exactly once, in order: ``labels`` ``uint8 [h, W]``; ``probs`` ``uint8 [C, h, W]`` when
             ``keep_probs`` else None. The arrays may be reused after the call returns.
-        blend: ``"gaussian"`` (weighted by :func:`weight_window`) or ``"none"`` (paste, last one wins).
+        blend: ``"gaussian"`` (weighted by :func:`weight_window`), ``"centre"`` (:func:`centre_window`)
+            or ``"none"`` (paste, last one wins).
         keep_probs: also hand quantised probabilities to the sink.
+        keep: with ``"centre"``, the side of the central square kept (default: half the window).
 
     Call :meth:`add` for every window in ascending ``y``, then :meth:`finish`.
     """
@@ -95,12 +117,17 @@ class BandStitcher:
         sink: Sink,
         blend: str = "gaussian",
         keep_probs: bool = False,
+        keep: int | None = None,
     ):
         if blend not in BLEND_MODES:
             raise ValueError(f"unknown blend {blend!r}; valid: {', '.join(BLEND_MODES)}")
         self.height, self.width, self.num_classes, self.tile = int(height), int(width), int(num_classes), int(tile)
         self.sink, self.blend, self.keep_probs = sink, blend, keep_probs
-        self.weight = weight_window(self.tile) if blend == "gaussian" else None
+        self.weight = None
+        if blend == "gaussian":
+            self.weight = weight_window(self.tile)
+        elif blend == "centre":
+            self.weight = centre_window(self.tile, int(keep) if keep else max(1, self.tile // 2))
         self.band = np.zeros((self.num_classes, self.tile, self.width), np.float32)
         self.band_y = 0  # image row of band row 0
         self.emitted = 0  # rows handed to the sink so far

@@ -1,0 +1,68 @@
+"""Write the validation blocks of the training images as test-like images, to choose ensembles on.
+
+    python make_val_images.py --data_root data                # after generate_train_data.py
+    python generate_test_data.py --data_root data/val --images data/val/image_1.png data/val/image_2.png
+    python predict.py --data_root data/val --images image_1 image_2 --checkpoint M.pth --name M
+
+For each training image with validation tiles in ``DATA_ROOT/train/tiles.csv``, writes
+``OUTPUT_DIR/IMAGE.png`` (RGBA: the source inside the validation tiles, no-data everywhere else) and
+``OUTPUT_DIR/IMAGE_label.png``. The models never trained on these pixels (the split is spatially
+disjoint), so maps predicted on them, voted and cleaned exactly like the test maps, score each stage
+of the pipeline on validation data (run_pipeline.py chooses its final stage there, never on test labels).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from cropmap import cut
+from cropmap.ensemble import val_rectangles, write_val_image
+from cropmap.imageio import InputError, run_cli
+from cropmap.tiling import TRAIN_DIR, TRAIN_SOURCE_DIR, read_tiles_csv
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Write the validation blocks of the training images as images.",
+                                add_help=add_help)
+    p.add_argument("--data_root", default="data", help="data root holding train/tiles.csv (default: data)")
+    p.add_argument("--images", nargs="+", default=["image_1", "image_2"],
+                   help="training images (names in the layout or PNG paths, labels NAME_label.png beside them), as "
+                        "given to generate_train_data.py (default: image_1 image_2)")
+    p.add_argument("--output_dir", default=None, help="where the images go (default: DATA_ROOT/val)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def main(args: argparse.Namespace) -> list[Path]:
+    root = Path(args.data_root)
+    csv_path = root / TRAIN_DIR / "tiles.csv"
+    if not csv_path.is_file():
+        raise InputError(f"{csv_path}: not found (run generate_train_data.py first)")
+    rows = read_tiles_csv(csv_path)
+    if rows and "split" not in rows[0]:
+        raise InputError(f"{csv_path}: no 'split' column (re-run generate_train_data.py)")
+    out_dir = Path(args.output_dir) if args.output_dir else root / "val"
+    sources = cut.resolve(root, TRAIN_SOURCE_DIR, args.images, with_label=True)
+    written = []
+    for src in sources:
+        rects = val_rectangles(rows, src.name)
+        if not len(rects):
+            print(f"{src.name}: no validation tiles in {csv_path}; skipped")
+            continue
+        t0 = time.perf_counter()
+        out = out_dir / f"{src.name}.png"
+        share = write_val_image(src.image, src.label, rects, out, out_dir / f"{src.name}_label.png",
+                                progress=not args.quiet)
+        print(f"{out}: {len(rects)} validation tiles, {100 * share:.1f}% of the pixels valid, "
+              f"in {time.perf_counter() - t0:.1f} s")
+        written.append(out)
+    if not written:
+        raise InputError(f"{csv_path}: no validation tiles for {', '.join(s.name for s in sources)}")
+    return written
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main, get_args_parser().parse_args()))
