@@ -32,6 +32,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--images", nargs="+", default=["image_3", "image_4"], help="images whose maps to fill when --input is not given (default: image_3 image_4)")
     p.add_argument("--output_dir", default=None, help="folder of the maps when --input is not given (default: DATA_ROOT/submit)")
     p.add_argument("--input", default=None, help="one map to fill (default: OUTPUT_DIR/IMAGE_predict.png for each of --images)")
+    p.add_argument("--name", default=None,
+                   help="without --input: fill OUTPUT_DIR/IMAGE_predict_NAME.png (a model's or vote's map) (default: none)")
+    p.add_argument("--output_name", default=None,
+                   help="without --input: write OUTPUT_DIR/IMAGE_predict_OUTPUT_NAME.png instead of replacing the input "
+                        "(default: replace it)")
     p.add_argument("--output", default=None, help="where the filled map goes (default: replace the input once complete)")
     p.add_argument("--source", default=None, help="the source image of --input, for its no-data mask (required with --input)")
     p.add_argument("--method", default="morph", choices=FILL_METHODS,
@@ -65,8 +70,9 @@ def main(args: argparse.Namespace) -> list[Path]:
         jobs = [(Path(args.input), Path(args.source), Path(args.output or args.input))]
     else:
         out_dir = Path(args.output_dir) if args.output_dir else data_root / "submit"
+        name = lambda im, n: out_dir / (f"{im}_predict_{n}.png" if n else f"{im}_predict.png")  # noqa: E731
         jobs = [
-            (out_dir / f"{im}_predict.png", data_root / TEST_SOURCE_DIR / f"{im}.png", out_dir / f"{im}_predict.png")
+            (name(im, args.name), data_root / TEST_SOURCE_DIR / f"{im}.png", name(im, args.output_name or args.name))
             for im in args.images
         ]
     done = []

@@ -1,14 +1,18 @@
 """Write the validation blocks of the training images as test-like images, to choose ensembles on.
 
     python make_val_images.py --data_root data                # after generate_train_data.py
-    python generate_test_data.py --data_root data/val --images data/val/image_1.png data/val/image_2.png
+    python generate_test_data.py --data_root data/val --images image_1 image_2
     python predict.py --data_root data/val --images image_1 image_2 --checkpoint M.pth --name M
+    python score.py --data_root data/val --images image_1 image_2 ...
 
 For each training image with validation tiles in ``DATA_ROOT/train/tiles.csv``, writes
-``OUTPUT_DIR/IMAGE.png`` (RGBA: the source inside the validation tiles, no-data everywhere else) and
-``OUTPUT_DIR/IMAGE_label.png``. The models never trained on these pixels (the split is spatially
-disjoint), so maps predicted on them, voted and cleaned exactly like the test maps, score each stage
-of the pipeline on validation data (run_pipeline.py chooses its final stage there, never on test labels).
+``VAL_ROOT/jingwei_round1_test_a_20190619/IMAGE.png`` (RGBA: the source inside the validation tiles,
+no-data everywhere else) and ``IMAGE_label.png`` beside it: ``VAL_ROOT`` (default ``DATA_ROOT/val``) is
+a data root of the contract's layout whose test images are the validation blocks, so every test-side
+script works on it with ``--data_root VAL_ROOT --images image_1 image_2``. The models never trained on
+these pixels (the split is spatially disjoint), so maps predicted on them, voted and cleaned exactly like
+the test maps, score each stage of the pipeline on validation data (run_pipeline.py chooses its final
+stage there, never on test labels).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from pathlib import Path
 from cropmap import cut
 from cropmap.ensemble import val_rectangles, write_val_image
 from cropmap.imageio import InputError, run_cli
-from cropmap.tiling import TRAIN_DIR, TRAIN_SOURCE_DIR, read_tiles_csv
+from cropmap.tiling import TEST_SOURCE_DIR, TRAIN_DIR, TRAIN_SOURCE_DIR, read_tiles_csv
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -31,7 +35,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--images", nargs="+", default=["image_1", "image_2"],
                    help="training images (names in the layout or PNG paths, labels NAME_label.png beside them), as "
                         "given to generate_train_data.py (default: image_1 image_2)")
-    p.add_argument("--output_dir", default=None, help="where the images go (default: DATA_ROOT/val)")
+    p.add_argument("--val_root", default=None,
+                   help="data root the images are written into, as its test images (default: DATA_ROOT/val)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
@@ -44,7 +49,7 @@ def main(args: argparse.Namespace) -> list[Path]:
     rows = read_tiles_csv(csv_path)
     if rows and "split" not in rows[0]:
         raise InputError(f"{csv_path}: no 'split' column (re-run generate_train_data.py)")
-    out_dir = Path(args.output_dir) if args.output_dir else root / "val"
+    out_dir = (Path(args.val_root) if args.val_root else root / "val") / TEST_SOURCE_DIR
     sources = cut.resolve(root, TRAIN_SOURCE_DIR, args.images, with_label=True)
     written = []
     for src in sources:

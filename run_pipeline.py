@@ -37,13 +37,17 @@ from cropmap.tiling import TEST_SOURCE_DIR, TRAIN_SOURCE_DIR
 
 ROOT = Path(__file__).resolve().parent
 
-# The three models of the ensemble, most trusted first (vote ties go to the earliest):
-# (stage name, training script, model, experiment suffix)
-MODELS = [
-    ("deeplabv3_ce", "train.py", "deeplabv3", "ce"),
-    ("deeplabv3_focal", "train_focalloss.py", "deeplabv3", "focal"),
-    ("unet", "Unet_resnet34/train.py", "unet", "unet"),
-]
+# The models the pipeline can train: name -> (training script, model, experiment suffix).
+ZOO = {
+    "deeplabv3_ce": ("train.py", "deeplabv3", "ce"),
+    "deeplabv3_focal": ("train_focalloss.py", "deeplabv3", "focal"),
+    "deeplabv3_swa": ("train_swa.py", "deeplabv3", "swa"),
+    "unet": ("Unet_resnet34/train.py", "unet", "unet"),
+}
+#: The three models of the ensemble by default, most trusted first (equal-vote ties go to the earliest).
+DEFAULT_MODELS = ("deeplabv3_ce", "deeplabv3_focal", "unet")
+#: ``(stage name, training script, model, experiment suffix)`` of the default models.
+MODELS = [(name, *ZOO[name]) for name in DEFAULT_MODELS]
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -61,6 +65,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                    help="training PNGs (labels NAME_label.png beside them) (default: image_1 image_2 of the layout)")
     p.add_argument("--test_images", nargs="+", default=None,
                    help="test PNGs, scored when NAME_label.png exists beside them (default: image_3 image_4)")
+    p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), choices=list(ZOO),
+                   help="the models of the ensemble, most trusted first (default: " + " ".join(DEFAULT_MODELS) + ")")
     p.add_argument("--num_classes", type=int, default=4, help="number of classes (default: 4)")
     p.add_argument("--tile_size", type=int, default=256, help="tile and window side (default: 256)")
     p.add_argument("--epochs", type=int, default=6, help="epochs of each DeepLabv3 model (default: 6)")
@@ -167,9 +173,9 @@ def main(args: argparse.Namespace) -> list[dict]:
     # ---- tiles, validation images, test windows
     run(["generate_train_data.py", "--data_root", str(root), "--images", *train_images, "--tile_size", tile,
          "--keep", "valid", "--val_fraction", "0.15", *nc, *q])
-    val_root = root / "val"
-    run(["make_val_images.py", "--data_root", str(root), "--images", *train_images, "--output_dir", str(val_root), *q])
-    val_sources = sorted(p for p in val_root.glob("*.png") if not p.stem.endswith("_label"))
+    val_root = root / "val"  # a data root whose test images are the validation blocks
+    run(["make_val_images.py", "--data_root", str(root), "--images", *train_images, "--val_root", str(val_root), *q])
+    val_sources = sorted(p for p in (val_root / TEST_SOURCE_DIR).glob("*.png") if not p.stem.endswith("_label"))
     val = Split("val", val_root, val_sources)
     test = Split("test", root, test_images)
     for split in (val, test):
@@ -189,8 +195,9 @@ def main(args: argparse.Namespace) -> list[dict]:
         common += ["--iters_per_epoch", str(args.iters_per_epoch)]
     if args.threads:
         common += ["--threads", str(args.threads)]
+    models = [(name, *ZOO[name]) for name in args.models]
     checkpoints = {}
-    for name, script, model, suffix in MODELS:
+    for name, script, model, suffix in models:
         backbone = args.unet_backbone if model == "unet" else args.backbone
         exp = f"{args.exp}_{suffix}"
         checkpoints[name] = root / "model" / f"{model}_{backbone}_{exp}_best.pth"  # the contract's name
@@ -201,8 +208,8 @@ def main(args: argparse.Namespace) -> list[dict]:
                  "--save_every", str(epochs), "--crop_size", str(crop)])
 
     # ---- every model's maps, on the validation images and the test images
-    first = MODELS[0][0]
-    names = [m for m, *_ in MODELS]
+    first = models[0][0]
+    names = [m for m, *_ in models]
     for split in (val, test):
         predict = ["predict.py", "--data_root", str(split.data_root), "--images", *split.images,
                    "--output_dir", str(split.submit), *device, *q]
@@ -235,7 +242,7 @@ def main(args: argparse.Namespace) -> list[dict]:
     for name in names:
         add(f"{name} + TTA ({args.tta})" if args.tta != "none" else name, name)
     best_single = choose(rows)
-    votes = [("vote of the 3 models, equal weights", "vote", ["--weights", "equal"]),
+    votes = [(f"vote of the {len(names)} models, equal weights", "vote", ["--weights", "equal"]),
              (f"weighted vote (--weights auto, power {args.weight_power:g})", "wvote",
               ["--weights", "auto", "--weight_power", str(args.weight_power)]),
              (f"weighted soft vote (--soft --weights auto, power {args.weight_power:g})", "wsoft",
@@ -252,9 +259,13 @@ def main(args: argparse.Namespace) -> list[dict]:
     for method, flags, title in cleanups:
         stage = f"{base['key']}_{method}"
         for split in (val, test):
-            for image, src in zip(split.images, split.sources):
-                run(["fill_hole.py", "--input", str(split.map(image, base["key"])), "--source", str(src),
-                     "--output", str(split.map(image, stage)), *flags, *nc, *q])
+            if split is test and args.test_images:  # own imagery: sources outside the layout, one call per image
+                for image, src in zip(split.images, split.sources):
+                    run(["fill_hole.py", "--input", str(split.map(image, base["key"])), "--source", str(src),
+                         "--output", str(split.map(image, stage)), *flags, *nc, *q])
+            else:
+                run(["fill_hole.py", "--data_root", str(split.data_root), "--output_dir", str(split.submit),
+                     "--images", *split.images, "--name", base["key"], "--output_name", stage, *flags, *nc, *q])
         add(f"{base['key']} + {title}", stage)
 
     # ---- the final map: the candidate that scores best on validation

@@ -10,8 +10,8 @@ Per pixel the class with the most votes wins; a tie goes to the tied class that 
 predicted, or with --priority to the tied class listed first. --soft sums the probabilities that
 ``predict.py --save_probs`` wrote beside each input (``X_prob0.png`` ... for ``X.png``).
 By default, for each of --images, the inputs are ``OUTPUT_DIR/IMAGE_predict_NAME.png`` for each NAME of
---models (in that order), or every such per-model map there (sorted by name) when --models is not
-given; the output is ``OUTPUT_DIR/IMAGE_predict.png`` (``IMAGE_predict_NAME.png`` with --name).
+--models (in that order), or every such per-model map there (sorted by name; maps vote.py wrote are
+left out) when --models is not given; the output is ``OUTPUT_DIR/IMAGE_predict.png`` (``IMAGE_predict_NAME.png`` with --name).
 
 --weights auto weighs each input's vote per class by the validation IoU of the checkpoint that made it
 (read from the sidecar X.json that predict.py writes beside each map X.png; see cropmap/ensemble.py),
@@ -22,11 +22,12 @@ weights.
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 from pathlib import Path
 
-from cropmap.ensemble import auto_weights, parse_weights, write_sidecar
+from cropmap.ensemble import auto_weights, parse_weights, sidecar_path, write_sidecar
 from cropmap.imageio import InputError, run_cli
 from cropmap.postprocess import prob_paths
 from cropmap.postprocess import vote_maps
@@ -63,10 +64,19 @@ def per_model_maps(folder: Path, image: str, models: list[str] | None) -> list[P
     """The per-model maps of ``image`` in ``folder``: ``{image}_predict_{name}.png``, in ``models`` order."""
     if models:
         return [folder / f"{image}_predict_{m}.png" for m in models]
-    found = sorted(p for p in folder.glob(f"{image}_predict_*.png") if not _DERIVED.search(p.stem))
+    found = sorted(p for p in folder.glob(f"{image}_predict_*.png") if not _DERIVED.search(p.stem) and not _is_vote(p))
     if not found:
         raise InputError(f"{folder}: no per-model maps {image}_predict_NAME.png to vote (predict.py --name NAME)")
     return found
+
+
+def _is_vote(path: Path) -> bool:
+    """True for a map that vote.py wrote (its sidecar says so): not a model's map to vote again."""
+    side = sidecar_path(path)
+    try:
+        return side.is_file() and "vote" in json.loads(side.read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
 
 
 def parse_priority(text: str | None, num_classes: int) -> list[int] | None:

@@ -150,3 +150,22 @@ def test_centre_blend_takes_each_pixel_from_the_window_centred_on_it():
             k = i * len(xs) + j
             assert (out[y + 4 : y + 12, x + 4 : x + 12] == k).all()  # the window's central 8x8 square
     assert (out[:4, :4] == 0).all()  # the image's corner: only window 0 covers it
+
+
+def test_fill_hole_cli_named_maps(tmp_path):
+    """--name / --output_name: fill IMAGE_predict_NAME.png of several images into IMAGE_predict_OUT.png."""
+    src_dir = tmp_path / "jingwei_round1_test_a_20190619"
+    m = np.zeros((20, 20), np.uint8)
+    m[2:18, 2:18] = 2
+    m[8:10, 8:10] = 1  # a 4-px object: removed with --min_area 5
+    for im in ("image_3", "image_4"):
+        write_png(src_dir / f"{im}.png", np.full((20, 20, 4), 255, np.uint8))
+        write_png(tmp_path / "submit" / f"{im}_predict_v.png", m)
+    r = subprocess.run([sys.executable, str(ROOT / "fill_hole.py"), "--data_root", str(tmp_path), "--images", "image_3",
+                        "image_4", "--name", "v", "--output_name", "v_area", "--method", "area", "--min_area", "5",
+                        "--quiet"], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    for im in ("image_3", "image_4"):
+        np.testing.assert_array_equal(read_png(tmp_path / "submit" / f"{im}_predict_v.png"), m)  # input kept
+        out = read_png(tmp_path / "submit" / f"{im}_predict_v_area.png")
+        assert (out[8:10, 8:10] == 2).all() and (out[m != 1] == m[m != 1]).all()

@@ -59,6 +59,7 @@ def test_pipeline_end_to_end(tmp_path):
     assert rows[-1]["test"] == miou
     # validation maps exist for every candidate, and never on the test images' pixels
     assert (root / "val" / "submit" / f"image_1_predict_{final_key}.png").exists()
+    assert (root / "val" / SRC / "image_1_label.png").exists()
     saved = json.loads((submit / "scores" / "pipeline.json").read_text())
     assert saved["final"] == final_key and len(saved["stages"]) == len(rows)
     # every trained model left a checkpoint that loads without pickle
