@@ -95,6 +95,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g = p.add_argument_group("optimisation")
     g.add_argument("--base_lr", type=float, default=0.007, help="SGD learning rate of the backbone (default: 0.007)")
     g.add_argument("--last_mult", type=float, default=1.0, help="learning-rate multiplier of the head (default: 1.0)")
+    g.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"],
+                   help="sgd (momentum, the original's) or adamw (Adam with decoupled weight decay; use a "
+                        "--base_lr about 1e-3) (default: sgd)")
     g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default: 0.9)")
     g.add_argument("--weight_decay", type=float, default=1e-4, help="SGD weight decay (default: 1e-4)")
     g.add_argument("--poly_power", type=float, default=0.9,
@@ -456,7 +459,11 @@ class Trainer:
             {"params": [p for p in model.parameters() if id(p) in backbone_ids], "lr": args.base_lr},
             {"params": [p for p in model.parameters() if id(p) not in backbone_ids], "lr": args.base_lr * args.last_mult},
         ]
-        self.optimizer = torch.optim.SGD(groups, lr=args.base_lr, momentum=args.momentum, weight_decay=args.weight_decay)
+        if getattr(args, "optimizer", "sgd") == "adamw":
+            self.optimizer = torch.optim.AdamW(groups, lr=args.base_lr, weight_decay=args.weight_decay)
+        else:
+            self.optimizer = torch.optim.SGD(groups, lr=args.base_lr, momentum=args.momentum,
+                                             weight_decay=args.weight_decay)
         self.total_iters = args.epochs * self.iters_per_epoch
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_factor(self.total_iters, args.poly_power, getattr(args, "warmup_iters", 0)))

@@ -224,3 +224,15 @@ def test_new_training_flags_run(tmp_path):
     assert trainer.train_set.color_jitter == 0.08
     row = trainer.fit()
     assert math.isfinite(row["train_loss"])
+
+
+def test_adamw_optimizer_flag(tmp_path):
+    root = make_tiles(tmp_path, n_train=8, n_val=2)
+    args = engine.get_args_parser().parse_args(tiny_args(root, "--epochs", "1", "--iters_per_epoch", "1",
+                                                         "--optimizer", "adamw", "--base_lr", "0.001"))
+    trainer = engine.Trainer(args)
+    assert isinstance(trainer.optimizer, torch.optim.AdamW)
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    trainer.fit()
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))
+    assert engine.Trainer(engine.get_args_parser().parse_args(tiny_args(root))).optimizer.__class__ is torch.optim.SGD
