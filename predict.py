@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from functools import partial
 import time
 from pathlib import Path
 
@@ -64,6 +65,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--keep", type=int, default=None,
                    help="with --blend centre: side of each window's central square that is kept; the test windows' "
                         "stride (generate_test_data.py --stride) makes the squares tile the image (default: half the window)")
+    p.add_argument("--radiometry", default="match", choices=["match", "none"],
+                   help="match: map each image's colours through the per-channel gain and offset that give its valid "
+                        "pixels the training tiles' mean and standard deviation (stored in the checkpoint), so a new "
+                        "acquisition (other illumination, colour balance, haze) looks like the training one; none: use "
+                        "the pixels as they are (default: match, when the checkpoint has the statistics)")
     p.add_argument("--save_probs", action="store_true", help="also write per-class uint8 probabilities IMAGE_predict[_NAME]_prob{c}.png")
     p.add_argument("--preview_size", type=int, default=2048, help="longest side of the colour preview; 0: no preview (default: 2048)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -73,13 +79,16 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> list[dict]:
     from cropmap.checkpoint import find_best, load_checkpoint, load_model
     from cropmap.ensemble import checkpoint_summary, write_sidecar
+    from cropmap.radiometry import apply_affine, match_affine, window_stats
 
     data_root = Path(args.data_root)
     output_dir = Path(args.output_dir) if args.output_dir else data_root / "submit"
     checkpoint = args.checkpoint or find_best(data_root / "model")
     device = torch.device(args.device)
     model, ckpt_args = load_model(checkpoint, device=device)
-    summary = checkpoint_summary(checkpoint, load_checkpoint(checkpoint))
+    state = load_checkpoint(checkpoint)
+    summary = checkpoint_summary(checkpoint, state)
+    train_stats = state.get("input_stats") if args.radiometry == "match" else None
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     print(f"checkpoint {checkpoint}: {ckpt_args.get('model')} / {ckpt_args.get('backbone')}")
@@ -90,6 +99,13 @@ def main(args: argparse.Namespace) -> list[dict]:
         rows = [r for r in all_rows if r["image"] == image]
         paths = output_paths(output_dir, image, args.name)
         start = time.perf_counter()
+        transform, radiometry = None, None
+        if train_stats and rows:
+            gain, offset = match_affine(window_stats(test_dir / test_tile_folder(image), rows), train_stats)
+            transform = partial(apply_affine, gain=gain, offset=offset)
+            radiometry = {"gain": [round(float(v), 4) for v in gain], "offset": [round(float(v), 2) for v in offset]}
+            print(f"{image}: radiometric matching to the training tiles: gain {radiometry['gain']}, "
+                  f"offset {radiometry['offset']}")
         res = predict_image(
             model,
             rows,
@@ -106,9 +122,11 @@ def main(args: argparse.Namespace) -> list[dict]:
             preview_size=max(args.preview_size, 1),
             progress=not args.quiet,
             keep=args.keep,
+            transform=transform,
         )
         write_sidecar(paths["map"], {"map": str(paths["map"]), "image": image, **summary, "tta": args.tta,
-                                     "blend": args.blend, "keep": args.keep, "num_classes": res["num_classes"]})
+                                     "blend": args.blend, "keep": args.keep, "radiometry": radiometry,
+                                     "num_classes": res["num_classes"]})
         took = time.perf_counter() - start
         print(f"{image}: {res['windows']} windows in {took:.1f} s -> {res['map']}")
         results.append(res)

@@ -44,6 +44,7 @@ from . import checkpoint as ckpt
 from .data import MultiScaleBatchSampler, TileDataset, collate, oversample_weights, shard_indices
 from .imageio import IGNORE as IGNORE_INDEX, InputError, atomic_path
 from .metrics import CLASS_NAMES, ConfusionMatrix, exclude_absent
+from .radiometry import tile_stats
 
 
 
@@ -416,6 +417,8 @@ class Trainer:
                                      crop_size=self.scales[0], scale_range=(args.scale_min, args.scale_max),
                                      color_jitter=getattr(args, "color_jitter", 0.0))
         self.val_set = TileDataset(args.data_root, "val", args.num_classes, augment=False)
+        # per-channel statistics of the training tiles, for predict.py --radiometry match
+        self.input_stats = tile_stats(self.train_set.root, self.train_set.rows)
         weights = None
         if args.oversample > 0:
             weights = oversample_weights(self.train_set.rows, args.num_classes, args.oversample)
@@ -643,6 +646,7 @@ class Trainer:
             "rng": ckpt.get_rng_state(),
             "best_miou": self.best_miou,
             "history": list(self.history),
+            "input_stats": self.input_stats,
         }
         if eval_model is not self.model:
             state["train_model"] = self.model.state_dict()

@@ -146,11 +146,14 @@ def iter_window_probs(
     tta: str = "none",
     amp: bool = False,
     channels_last: bool | None = None,
+    transform: Callable | None = None,
 ) -> Iterator[tuple[dict, np.ndarray, np.ndarray]]:
     """Run ``model`` over every window of ``dataset``, in order.
 
     Yields ``(row, probs, rgba)`` per window: the ``tiles.csv`` row, ``float32 [C, T, T]`` probabilities
     and the window ``uint8 [4, T, T]``. Raises :class:`InputError` for a missing or corrupt window.
+    ``transform``: optional ``uint8 [B, 4, T, T] -> uint8 [B, 4, T, T]`` applied to each batch of windows
+    before the model (e.g. :func:`cropmap.radiometry.apply_affine`).
     """
     device = torch.device(device)
     cuda = device.type == "cuda"
@@ -180,6 +183,8 @@ def iter_window_probs(
         for err in errors:
             if err:
                 raise InputError(err)
+        if transform is not None:
+            rgba = transform(rgba)
         x = normalize(rgba.to(device, non_blocking=cuda))
         probs = forward_probs(model, x, tta=tta, amp=amp, channels_last=channels_last)
         if cuda:
@@ -231,6 +236,7 @@ def predict_image(
     preview_size: int = 2048,
     progress: bool = True,
     keep: int | None = None,
+    transform: Callable | None = None,
 ) -> dict:
     """Predict one image's windows and stream the stitched map to ``map_path``.
 
@@ -244,6 +250,8 @@ def predict_image(
         save_probs: also write ``uint8`` probabilities (``round(255 p)``), one single-channel PNG per
             class beside the map (:func:`prob_paths`).
         preview_path: write a downscaled colour preview (longest side ``preview_size``) there.
+        transform: optional function applied to each batch of windows before the model (see
+            :func:`iter_window_probs`).
 
     Returns:
         ``{"map": path, "windows": n, "num_classes": C, "probs": [paths], "preview": path or None}``.
@@ -275,7 +283,8 @@ def predict_image(
     stitcher = None
     bar = tqdm(total=len(rows), desc=Path(map_path).name, unit="win", disable=not progress, leave=False)
     try:
-        for row, probs, rgba in iter_window_probs(model, dataset, device, batch_size, workers, tta, amp):
+        for row, probs, rgba in iter_window_probs(model, dataset, device, batch_size, workers, tta, amp,
+                                                  transform=transform):
             if stitcher is None:
                 c = probs.shape[0]
                 state["num_classes"] = c

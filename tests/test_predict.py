@@ -224,3 +224,4 @@ def test_predict_cli_end_to_end(tmp_path, monkeypatch):
     side = json.loads((tmp_path / "submit" / "image_3_predict_oracle.json").read_text())
     assert side["checkpoint"].endswith("fake.pth") and side["val_iou"] == [1.0, 0.9, 0.8, None]
     assert side["val_absent"] == [3] and side["val_mIoU"] == 0.85 and side["image"] == "image_3"
+    assert side["radiometry"] is None  # the checkpoint has no training statistics: the pixels are used as they are

@@ -236,3 +236,53 @@ def test_adamw_optimizer_flag(tmp_path):
     trainer.fit()
     assert any(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))
     assert engine.Trainer(engine.get_args_parser().parse_args(tiny_args(root))).optimizer.__class__ is torch.optim.SGD
+
+
+# ---- radiometric normalisation ------------------------------------------------------------------
+
+
+def test_radiometric_matching_undoes_gain_and_offset(tmp_path):
+    """A window rendered with another gain/offset per channel is mapped back to the reference rendering."""
+    from cropmap.imageio import write_png
+    from cropmap.radiometry import apply_affine, match_affine, window_stats
+
+    rng = np.random.default_rng(0)
+    ref = rng.integers(60, 160, (3, 48, 48, 3)).astype(np.float64)
+    gain, offset = np.array([0.8, 1.1, 0.7]), np.array([20.0, -5.0, 30.0])
+    rows = []
+    for i, img in enumerate(ref):
+        rgba = np.zeros((48, 48, 4), np.uint8)
+        rgba[..., :3] = np.clip(np.rint(img * gain + offset), 0, 255)
+        rgba[..., 3] = 255
+        rgba[:6, :6] = 0  # no-data corner: not counted, stays 0
+        write_png(tmp_path / f"w{i}.png", rgba)
+        rows.append({"name": f"w{i}.png"})
+    valid = np.ones((48, 48), bool)
+    valid[:6, :6] = False
+    ref_stats = {"mean": ref[:, valid].reshape(-1, 3).mean(0), "std": ref[:, valid].reshape(-1, 3).std(0)}
+    got = window_stats(tmp_path, rows)
+    assert got["pixels"] == 3 * int(valid.sum())
+    g, o = match_affine(got, ref_stats)
+    np.testing.assert_allclose(g, 1 / gain, rtol=0.01)
+    from cropmap.imageio import read_png
+
+    batch = torch.from_numpy(np.stack([read_png(tmp_path / r["name"]) for r in rows]).transpose(0, 3, 1, 2).copy())
+    out = apply_affine(batch, g, o).numpy().transpose(0, 2, 3, 1)
+    assert (out[:, :6, :6] == 0).all()  # no-data untouched
+    assert np.abs(out[:, valid, :3].astype(float) - ref[:, valid]).mean() < 1.5  # the reference rendering, up to rounding
+
+
+def test_checkpoint_carries_training_tile_stats(tmp_path):
+    root = make_tiles(tmp_path, n_train=8, n_val=2)
+    args = engine.get_args_parser().parse_args(tiny_args(root, "--epochs", "1", "--iters_per_epoch", "1"))
+    engine.main(args)
+    state = torch.load(root / "model" / "deeplabv3_resnet18_t_last.pth", weights_only=True)
+    stats = state["input_stats"]
+    from cropmap.imageio import read_png
+    import csv
+
+    rows = [r for r in csv.DictReader(open(root / "train" / "tiles.csv")) if r["split"] == "train"]
+    pix = np.concatenate([read_png(root / "train" / "data" / r["name"])[read_png(root / "train" / "label" / r["name"]) != IGNORE]
+                          for r in rows])
+    np.testing.assert_allclose(stats["mean"], pix.mean(0), rtol=1e-9)
+    np.testing.assert_allclose(stats["std"], pix.std(0), rtol=1e-9)
