@@ -23,4 +23,4 @@ demo: setup
 	$(PY) run_pipeline.py --synthetic --data_root $(DEMO_ROOT)
 
 clean-data:
-	rm -rf $(DEMO_ROOT)/jingwei_round1_* $(DEMO_ROOT)/train $(DEMO_ROOT)/test $(DEMO_ROOT)/plain $(DEMO_ROOT)/model $(DEMO_ROOT)/submit
+	rm -rf $(DEMO_ROOT)/jingwei_round1_* $(DEMO_ROOT)/train $(DEMO_ROOT)/test $(DEMO_ROOT)/val $(DEMO_ROOT)/plain $(DEMO_ROOT)/model $(DEMO_ROOT)/submit

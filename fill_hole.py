@@ -8,8 +8,12 @@ morph (default): a 4-connected region of class-0 valid pixels that touches neith
 no-data, whose every neighbouring pixel is one class c and whose area is at most --max_hole, becomes c.
 With --min_area, islands of a crop class smaller than that then become the one class around them.
 square: windows of 500 then 400 px every 50 px; where all four borders of a window carry one class v,
-its class-0 pixels become v. No-data pixels (not valid in the source: alpha, mask or nodata value) stay 0
-in both. Maps may be PNG or GeoTIFF (``IMAGE_predict.tif`` for a GeoTIFF source); a GeoTIFF output keeps
+its class-0 pixels become v.
+area (the competition winners' small-object and hole removal): for each class in turn (0 first), every
+4-connected region smaller than --min_area pixels takes the class most of its neighbours have.
+close: for each crop class, a morphological closing (ellipse of --radius); class-0 pixels it adds take
+that class. No-data pixels (not valid in the source: alpha, mask or nodata value) stay 0 with every
+method. Maps may be PNG or GeoTIFF (``IMAGE_predict.tif`` for a GeoTIFF source); a GeoTIFF output keeps
 the georeferencing of the map (or, if it has none, of the source).
 """
 
@@ -30,19 +34,32 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     add_map_args(p, "whose maps to fill when --input is not given")
     p.add_argument("--input", default=None,
                    help="one map to fill (default: OUTPUT_DIR/IMAGE_predict.png, or .tif, for each of --images)")
+    p.add_argument("--name", default=None,
+                   help="without --input: fill OUTPUT_DIR/IMAGE_predict_NAME (a model's or vote's map) (default: none)")
+    p.add_argument("--output_name", default=None,
+                   help="without --input: write OUTPUT_DIR/IMAGE_predict_OUTPUT_NAME instead of replacing the input "
+                        "(default: replace it)")
     p.add_argument("--output", default=None, help="where the filled map goes (default: replace the input once complete)")
     p.add_argument("--source", default=None,
                    help="the source image (PNG or GeoTIFF) of --input, for its no-data mask (required with --input)")
-    p.add_argument("--method", default="morph", choices=FILL_METHODS, help="morph (enclosed regions) or square (the original's rule) (default: morph)")
+    p.add_argument("--method", default="morph", choices=FILL_METHODS,
+                   help="morph (enclosed regions), square (the original's rule), area (regions smaller than --min_area "
+                        "of every class take their neighbours' majority class) or close (morphological closing of each "
+                        "crop class, --radius) (default: morph)")
     p.add_argument("--max_hole", type=nonneg_int, default=250_000, help="morph: largest hole area filled, in pixels (default: 250000, a 500x500 square)")
-    p.add_argument("--min_area", type=nonneg_int, default=0, help="morph: crop islands smaller than this many pixels take the class around them (default: 0, off)")
+    p.add_argument("--min_area", type=nonneg_int, default=0,
+                   help="morph: crop islands smaller than this many pixels take the class around them; area: regions "
+                        "of any class smaller than this take their neighbours' majority class (default: 0, off)")
+    p.add_argument("--radius", type=nonneg_int, default=3, help="close: radius in pixels of the elliptical closing kernel (default: 3)")
     p.add_argument("--sizes", type=positive_int, nargs="+", default=[500, 400], help="square: window sides, applied in turn (default: 500 400)")
     p.add_argument("--stride", type=positive_int, default=50, help="square: window step; must divide every size (default: 50)")
-    p.add_argument("--band_rows", type=positive_int, default=1024, help="morph: rows per band; memory is about 12 bytes x width per band row (map, int32 component labels, masks), more while a hole taller than the band is pending (default: 1024)")
+    p.add_argument("--band_rows", type=positive_int, default=1024, help="morph, area, close: rows per band; memory is about 12 bytes x width per band row (map, int32 component labels, masks), more while a region taller than the band is pending (default: 1024)")
     return p
 
 
 def main(args: argparse.Namespace) -> list[Path]:
+    if args.method == "area" and args.min_area < 2:
+        raise InputError("--method area needs --min_area N (N >= 2: regions smaller than N pixels are removed)")
     if any(s % args.stride for s in args.sizes):
         raise InputError(f"--stride {args.stride} must divide every --sizes value {args.sizes}")
     if args.input:
@@ -54,8 +71,9 @@ def main(args: argparse.Namespace) -> list[Path]:
         jobs = []
         for im in args.images:
             source = predict_source(args.data_root, im)
-            path = map_path(out_dir, im, suffix=map_suffix(source, args.format))
-            jobs.append((path, source, path))
+            suffix = map_suffix(source, args.format)
+            jobs.append((map_path(out_dir, im, args.name, suffix), source,
+                         map_path(out_dir, im, args.output_name or args.name, suffix)))
     for _, _, output in jobs:
         check_output_file(output)
     done = []
@@ -72,6 +90,7 @@ def main(args: argparse.Namespace) -> list[Path]:
             stride=args.stride,
             band_rows=args.band_rows,
             progress=not args.quiet,
+            radius=args.radius,
         )
         print(f"{map_file} -> {output} ({args.method})")
         done.append(output)

@@ -8,11 +8,16 @@
 Writes image_1/image_2 (+ labels) for training and image_3/image_4 (+ labels, for scoring only).
 GeoTIFFs hold RGB and an internal no-data mask (the PNGs' alpha), tiled and compressed (COG), each image
 placed side by side in EPSG:32648; labels are ``image_N_label.tif`` with the same georeferencing.
+The test images are another acquisition (``cropmap.synthetic.SHIFTED``: other illumination, colour
+balance, haze, a slightly finer ground resolution, crops in other proportions), so that scores on them
+measure generalisation; ``--no_shift`` renders them like the training images.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import math
 import sys
 import time
 from pathlib import Path
@@ -50,8 +55,35 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                    help="which images to write (default: all four)")
     p.add_argument("--format", default="png", choices=["png", "tif"],
                    help="png (RGBA) or tif (GeoTIFF: RGB + no-data mask, UTM zone 48N at 0.3 m pixels) (default: png)")
+    p.add_argument("--no_shift", action="store_true",
+                   help="render the test images (image_3, image_4) like the training images instead of as "
+                        "another acquisition (default: shifted, see cropmap.synthetic.SHIFTED)")
+    p.add_argument("--class_prob", type=class_prob, default=None,
+                   help="per-parcel class probabilities of the training images, comma-separated "
+                        "other,tobacco,corn,coix, e.g. 0.5,0.2,0.1,0.2 (default: "
+                        + ",".join(f"{v:g}" for v in synthetic.CLASS_PROB) + ")")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
+
+
+def class_prob(text: str) -> tuple[float, ...]:
+    """``--class_prob``'s type: ``"a,b,c,d"`` -> one non-negative float per class, with a positive sum."""
+    n = len(synthetic.CLASS_PROB)
+    try:
+        values = tuple(float(t) for t in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {n} numbers separated by commas, got {text!r}") from None
+    if len(values) != n or not all(math.isfinite(v) and v >= 0 for v in values) or sum(values) <= 0:
+        raise argparse.ArgumentTypeError(f"expected {n} non-negative numbers with a positive sum, got {text!r}")
+    return values
+
+
+def acquisition(name: str, args: argparse.Namespace) -> "synthetic.Acquisition":
+    """How ``name`` is rendered: the shifted acquisition for test images (unless --no_shift), else the training one."""
+    acq = synthetic.TRAIN_ACQUISITION
+    if name in synthetic.TEST_IMAGES and not args.no_shift:
+        return synthetic.SHIFTED
+    return dataclasses.replace(acq, class_prob=args.class_prob) if args.class_prob else acq
 
 
 def main(args: argparse.Namespace) -> None:
@@ -64,9 +96,11 @@ def main(args: argparse.Namespace) -> None:
         t0 = time.perf_counter()
         image = folder / f"{name}.{args.format}"
         like = georeferenced(name, h, w) if args.format == "tif" else None
-        synthetic.write_image(image, label_path(image), h, w,
-                              seed=args.seed * 1000 + int(name.split("_")[-1]), progress=not args.quiet, like=like)
-        print(f"{image}: {h}x{w} (H x W) in {time.perf_counter() - t0:.1f} s", flush=True)
+        acq = acquisition(name, args)
+        synthetic.write_image(image, label_path(image), h, w, seed=args.seed * 1000 + int(name.split("_")[-1]),
+                              progress=not args.quiet, like=like, acq=acq)
+        shifted = " (shifted acquisition)" if acq is synthetic.SHIFTED else ""
+        print(f"{image}: {h}x{w} (H x W){shifted} in {time.perf_counter() - t0:.1f} s", flush=True)
 
 
 if __name__ == "__main__":

@@ -12,8 +12,9 @@ lists the image (the original's way); otherwise (or with ``--from_source``) stra
 ``{output_dir}/{image}_predict.png`` (or ``{image}_predict_{name}.png`` with ``--name``, for voting;
 ``.tif`` with the source's CRS and transform when the source is a GeoTIFF, or with ``--format tif``), a
 colour preview ``..._preview.png`` beside it and, with ``--save_probs``, per-class probabilities
-``..._prob{c}.png`` (uint8, 255 = 1.0) for ``vote.py --soft``. A source without any valid pixel gets an
-all-zero map, with a warning.
+``..._prob{c}.png`` (uint8, 255 = 1.0) for ``vote.py --soft``. Beside each map a sidecar
+``..._predict[_NAME].json`` names the checkpoint that made it and its validation IoU (``vote.py
+--weights auto`` reads it). A source without any valid pixel gets an all-zero map, with a warning.
 
 Under ``torchrun`` the processes take whole images when there are at least as many images as processes,
 and otherwise share each image by rows; the maps are the same, byte for byte, as one process's.
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from functools import partial
 import time
 from pathlib import Path
 
@@ -77,9 +79,18 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "--blend",
         default="gaussian",
         choices=BLEND_MODES,
-        help="how overlapping windows combine: gaussian (centre-weighted probabilities) or none "
+        help="how overlapping windows combine: gaussian (centre-weighted probabilities), centre (keep only each "
+        "window's central --keep pixels: large windows, their centre kept, as the competition's winners did) or none "
         "(paste, the original's way; use with non-overlapping windows) (default: gaussian)",
     )
+    p.add_argument("--keep", type=positive_int, default=None,
+                   help="with --blend centre: side of each window's central square that is kept; the test windows' "
+                        "stride (generate_test_data.py --stride) makes the squares tile the image (default: half the window)")
+    p.add_argument("--radiometry", default="match", choices=["match", "none"],
+                   help="match: map each image's colours through the per-channel gain and offset that give its valid "
+                        "pixels the training tiles' mean and standard deviation (stored in the checkpoint), so a new "
+                        "acquisition (other illumination, colour balance, haze) looks like the training one; none: use "
+                        "the pixels as they are (default: match, when the checkpoint has the statistics)")
     p.add_argument("--save_probs", action="store_true", help="also write per-class uint8 probabilities IMAGE_predict[_NAME]_prob{c}.png")
     p.add_argument("--preview_size", type=nonneg_int, default=2048, help="longest side of the colour preview; 0: no preview (default: 2048)")
     return p
@@ -123,16 +134,17 @@ def plan(args: argparse.Namespace) -> list[dict]:
 
 
 def main(args: argparse.Namespace) -> list[dict]:
-    from cropmap.checkpoint import find_best, load_model
     from cropmap.engine import init_distributed
 
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.tile_size < 32:
         raise InputError(f"--tile_size must be at least 32, got {args.tile_size}")
+    if args.keep is not None and args.blend != "centre":
+        raise InputError(f"--keep {args.keep} goes with --blend centre, not --blend {args.blend}")
     rank, world_size, device = init_distributed(args.device)
     try:
-        return _run(args, rank, world_size, device, find_best, load_model)
+        return _run(args, rank, world_size, device)
     finally:
         import torch.distributed as dist
 
@@ -140,12 +152,23 @@ def main(args: argparse.Namespace) -> list[dict]:
             dist.destroy_process_group()
 
 
-def _run(args, rank: int, world_size: int, device: torch.device, find_best, load_model) -> list[dict]:
+def _run(args, rank: int, world_size: int, device: torch.device) -> list[dict]:
+    from cropmap.checkpoint import find_best, load_checkpoint, load_model
+    from cropmap.ensemble import checkpoint_summary, write_sidecar
+    from cropmap.radiometry import apply_affine, match_affine, source_stats, window_stats
+
     jobs = plan(args)
     checkpoint = args.checkpoint or find_best(model_dir(args.data_root))
     model, ckpt_args = load_model(checkpoint, device=device)
+    state = load_checkpoint(checkpoint)  # its validation scores and input statistics, for the sidecar and --radiometry
+    for job in jobs:
+        tile = int(job["rows"][0]["size"]) if "rows" in job else args.tile_size
+        if args.keep is not None and args.keep > tile:
+            raise InputError(f"--keep {args.keep} is larger than the windows of {job['image']} ({tile} px)")
     if isinstance(model, torch.nn.Module):
         model = model.to(memory_format=torch.channels_last)  # the batches come channels_last
+    summary = checkpoint_summary(checkpoint, state)
+    train_stats = state.get("input_stats") if args.radiometry == "match" else None
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     if rank == 0:
@@ -160,16 +183,32 @@ def _run(args, rank: int, world_size: int, device: torch.device, find_best, load
     for job in jobs:
         out = job["out"]
         common = dict(device=device, batch_size=args.batch_size, tta=args.tta, amp=args.amp, blend=args.blend,
-                      save_probs=args.save_probs, preview_path=preview_path(out) if args.preview_size > 0 else None,
+                      blend_options={"keep": args.keep}, save_probs=args.save_probs, preview_path=preview_path(out) if args.preview_size > 0 else None,
                       preview_size=max(args.preview_size, 1), progress=not args.quiet,
                       num_classes=int(num_classes) if num_classes else None, rank=share[0], world_size=share[1])
         start = time.perf_counter()
+        transform, radiometry = None, None
+        if train_stats:
+            if "rows" in job:
+                stats = window_stats(job["folder"], job["rows"])
+            else:
+                stats = source_stats(job["source"], progress=not args.quiet and share[0] == 0)
+            gain, offset = match_affine(stats, train_stats)
+            transform = partial(apply_affine, gain=gain, offset=offset)
+            radiometry = {"gain": [round(float(v), 4) for v in gain], "offset": [round(float(v), 2) for v in offset]}
+            if share[0] == 0:
+                print(f"{job['image']}: radiometric matching to the training tiles: gain {radiometry['gain']}, "
+                      f"offset {radiometry['offset']}", flush=True)
         if "rows" in job:
             res = predict_image(model, job["rows"], job["folder"], out, workers=args.workers, like=job["like"],
-                                **common)
+                                transform=transform, **common)
         else:
             res = predict_from_source(model, job["source"], out, tile_size=args.tile_size, stride=args.stride,
-                                      **common)
+                                      transform=transform, **common)
+        if share[0] == 0:
+            write_sidecar(out, {"map": out.name, "image": job["image"], **summary, "tta": args.tta,
+                                "blend": args.blend, "keep": args.keep, "radiometry": radiometry,
+                                "num_classes": res["num_classes"]})
         took = time.perf_counter() - start
         if share[0] == 0:
             if res["windows"] == 0:

@@ -1,4 +1,4 @@
-"""The whole pipeline as one command: tiles, three models, prediction, vote, hole filling, scores.
+"""The whole pipeline as one command: tiles, three models, prediction, ensembles, clean-up, scores.
 
     python run_pipeline.py --synthetic                       # what `make demo` runs (small, CPU)
     python run_pipeline.py --data_root work --train_images a.png b.png --test_images c.png
@@ -7,9 +7,16 @@ Each step is the documented script with its documented flags, run as a subproces
 printed, so any step can be rerun by hand). On your own imagery: RGBA (alpha 0 = no data) or RGB PNGs,
 or GeoTIFFs (8-bit, 3-4 bands, no data from an alpha band, mask or nodata value), each training image
 with its label ``NAME_label.png`` (``NAME_label.tif``) beside it (0..num_classes-1, 255 ignored); test
-images may have one too, for scoring. Maps of GeoTIFF test images are GeoTIFFs with their
-georeferencing. At the end one table gives mIoU and per-class IoU after each stage, computed from the
-maps by score.py.
+images may have one too, for scoring. Maps of GeoTIFF images are GeoTIFFs with their georeferencing.
+
+The final map is chosen on validation data, never on test labels: the validation blocks of the training
+images (``make_val_images.py``; no model trained on them) are predicted, voted and cleaned exactly like
+the test images, every candidate stage (each single model, the equal vote, the weighted hard and soft
+votes, and the clean-ups of the best of those) is scored there, and the best one's test maps become the
+final ``IMAGE_predict.png``. The best single model is always a candidate, so the final map is never
+worse than it on validation data. At the end one table gives, for every stage, the validation mIoU and
+the test mIoU and per-class IoU (test labels only when they exist), computed from the maps with the one
+metric (``cropmap.scoring.score_map``, what ``score.py`` runs).
 """
 
 from __future__ import annotations
@@ -24,22 +31,27 @@ from pathlib import Path
 
 import numpy as np
 
-from cropmap.cli import (InputError, device_name, nonneg_int, num_classes_int, positive_float, positive_int,
-                         run_cli)
-from cropmap.files import check_output_dir
-from cropmap.metrics import class_names, iou_from_confusion
-from cropmap.layout import (DEFAULT_TEST_IMAGES, DEFAULT_TRAIN_IMAGES, TEST_SOURCE_DIR, TRAIN_SOURCE_DIR,
-                            checkpoint_path, label_path, map_path, map_suffix, model_dir, source_path, submit_dir)
+from cropmap.cli import (InputError, device_name, warn, nonneg_float, nonneg_int, num_classes_int, positive_float,
+                         positive_int, run_cli, seed_int)
+from cropmap.files import atomic_path, check_output_dir, copy_atomic
+from cropmap.layout import (DEFAULT_TEST_IMAGES, DEFAULT_TRAIN_IMAGES, TEST_SOURCE_DIR,
+                            TRAIN_SOURCE_DIR, checkpoint_path, label_path, map_path, map_suffix, model_dir,
+                            source_path, submit_dir)
+from cropmap.metrics import absent_classes, class_names, format_iou, iou_from_confusion
 
 ROOT = Path(__file__).resolve().parent
 
-# The three models of the ensemble, most trusted first (vote ties go to the earliest):
-# (stage name, training script, model, experiment suffix)
-MODELS = [
-    ("deeplabv3_ce", "train.py", "deeplabv3", "ce"),
-    ("deeplabv3_focal", "train_focalloss.py", "deeplabv3", "focal"),
-    ("unet", "Unet_resnet34/train.py", "unet", "unet"),
-]
+# The models the pipeline can train: name -> (training script, model, experiment suffix).
+ZOO = {
+    "deeplabv3_ce": ("train.py", "deeplabv3", "ce"),
+    "deeplabv3_focal": ("train_focalloss.py", "deeplabv3", "focal"),
+    "deeplabv3_swa": ("train_swa.py", "deeplabv3", "swa"),
+    "unet": ("Unet_resnet34/train.py", "unet", "unet"),
+}
+#: The three models of the ensemble by default, most trusted first (equal-vote ties go to the earliest).
+DEFAULT_MODELS = ("deeplabv3_ce", "deeplabv3_focal", "unet")
+#: ``(stage name, training script, model, experiment suffix)`` of the default models.
+MODELS = [(name, *ZOO[name]) for name in DEFAULT_MODELS]
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -51,12 +63,18 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--size", type=positive_int, default=3000, help="with --synthetic: longest image side (default: 3000)")
     p.add_argument("--synthetic_format", default="png", choices=["png", "tif"],
                    help="with --synthetic: write the set as PNGs or as GeoTIFFs (default: png)")
+    p.add_argument("--no_shift", action="store_true",
+                   help="with --synthetic: render the test images like the training images (default: another "
+                        "acquisition, see make_synthetic_data.py)")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of the synthetic data and of the training runs (default: 0)")
     p.add_argument("--train_images", nargs="+", default=None,
                    help="training PNGs or GeoTIFFs (labels NAME_label.png / .tif beside them) "
                         "(default: image_1 image_2 of the layout)")
     p.add_argument("--test_images", nargs="+", default=None,
                    help="test PNGs or GeoTIFFs, scored when NAME_label.png / .tif exists beside them "
                         "(default: image_3 image_4)")
+    p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), choices=list(ZOO),
+                   help="the models of the ensemble, most trusted first (default: " + " ".join(DEFAULT_MODELS) + ")")
     p.add_argument("--num_classes", type=num_classes_int, default=4, help="number of classes (default: 4)")
     p.add_argument("--tile_size", type=positive_int, default=256, help="tile and window side (default: 256)")
     p.add_argument("--epochs", type=positive_int, default=6, help="epochs of each DeepLabv3 model (default: 6)")
@@ -73,13 +91,21 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                    help="smallest random rescale in training (default: 1.0: the synthetic classes differ by row "
                         "spacing at a fixed ground resolution, which rescaling 0.5-2x would blur together)")
     p.add_argument("--scale_max", type=positive_float, default=1.0, help="largest random rescale in training (default: 1.0)")
+    p.add_argument("--train_flags", default="",
+                   help="more flags for every training script, in one string, e.g. \"--color_jitter 0.08 "
+                        "--label_smoothing edge\" (default: none)")
     p.add_argument("--threads", type=positive_int, default=None, help="CPU threads per training process (default: PyTorch's)")
     p.add_argument("--backbone", default="resnet18", help="DeepLabv3 backbone (default: resnet18)")
     p.add_argument("--unet_backbone", default="resnet34", help="U-Net encoder (default: resnet34)")
     p.add_argument("--device", type=device_name, default=None, help="torch device for training and prediction (default: cuda if available)")
     p.add_argument("--tta", default="flip", choices=["none", "flip", "d4"],
-                   help="test-time augmentation of the TTA stage (default: flip)")
-    p.add_argument("--max_hole", type=nonneg_int, default=20000, help="fill_hole.py --max_hole (default: 20000)")
+                   help="test-time augmentation of every model's maps (default: flip)")
+    p.add_argument("--blend", default="gaussian", choices=["gaussian", "centre"],
+                   help="how every model's windows are stitched (predict.py --blend) (default: gaussian)")
+    p.add_argument("--weight_power", type=nonneg_float, default=1.0, help="vote.py --weight_power of the weighted votes (default: 1)")
+    p.add_argument("--max_hole", type=nonneg_int, default=20000, help="fill_hole.py --method morph --max_hole (default: 20000)")
+    p.add_argument("--min_area", type=nonneg_int, default=400, help="fill_hole.py --method area --min_area (default: 400)")
+    p.add_argument("--radius", type=nonneg_int, default=3, help="fill_hole.py --method close --radius (default: 3)")
     p.add_argument("--exp", default="demo", help="experiment name of the trained models (default: demo)")
     p.add_argument("--skip_training", action="store_true", help="reuse the checkpoints of an earlier run")
     p.add_argument("--quiet", action="store_true", help="no progress bars in the steps")
@@ -97,6 +123,52 @@ def run(cmd: list[str]) -> None:
     print(f"  ({time.perf_counter() - t0:.0f} s)", flush=True)
 
 
+class Split:
+    """One set of images the maps are made for: ``val`` (validation blocks) or ``test``."""
+
+    def __init__(self, name: str, data_root: Path, sources: list[Path]):
+        self.name, self.data_root, self.sources = name, data_root, sources
+        self.images = [p.stem for p in sources]
+        self.submit = submit_dir(data_root)
+        self.suffix = {p.stem: map_suffix(p) for p in sources}  # GeoTIFF sources get GeoTIFF maps
+
+    def map(self, image: str, stage: str | None) -> Path:
+        """The map of ``image`` after ``stage`` (None: the final map, ``IMAGE_predict``)."""
+        return map_path(self.submit, image, stage, self.suffix[image])
+
+    def labelled(self) -> list[tuple[str, Path, Path]]:
+        """``(image, source, label)`` of the images with a label beside them."""
+        out = []
+        for image, src in zip(self.images, self.sources):
+            label = label_path(src)
+            if label.exists():
+                out.append((image, src, label))
+        return out
+
+
+def score_stage(split: Split, stage: str | None, num_classes: int) -> np.ndarray | None:
+    """Confusion matrix ``int64 [C, C]`` of a stage's maps over the split's labelled images (None: no labels)."""
+    from cropmap.scoring import score_map
+
+    labelled = split.labelled()
+    if not labelled:
+        return None
+    total = np.zeros((num_classes, num_classes), np.int64)
+    for image, src, label in labelled:
+        total += np.asarray(score_map(split.map(image, stage), label, src, num_classes, progress=False).matrix.numpy())
+    return total
+
+
+def choose(rows: list[dict], split: str = "val") -> dict:
+    """The candidate row with the highest mIoU on ``split`` (the earliest on ties); test scores play no part."""
+    candidates = [r for r in rows if r.get("candidate") and r.get(split) is not None]
+    if not candidates:  # e.g. no validation labels: the most trusted model, as the original's vote order says
+        first = next(r for r in rows if r.get("candidate"))
+        warn(f"no candidate stage has a {split} score: keeping {first['key']}")
+        return first
+    return max(candidates, key=lambda r: (r[split], -rows.index(r)))
+
+
 def main(args: argparse.Namespace) -> list[dict]:
     t_start = time.perf_counter()
     root = Path(args.data_root).resolve()
@@ -110,35 +182,45 @@ def main(args: argparse.Namespace) -> list[dict]:
     if args.scale_min > args.scale_max:
         raise InputError(f"need --scale_min <= --scale_max, got {args.scale_min}, {args.scale_max}")
     q = ["--quiet"] if args.quiet else []
+    nc = ["--num_classes", str(args.num_classes)]
     if args.synthetic:
-        run(["make_synthetic_data.py", "--data_root", str(root), "--size", str(args.size),
-             "--format", args.synthetic_format, *q])
+        run(["make_synthetic_data.py", "--data_root", str(root), "--size", str(args.size), "--seed", str(args.seed),
+             "--format", args.synthetic_format, *(["--no_shift"] if args.no_shift else []), *q])
     train_images = [str(Path(p).resolve()) for p in args.train_images] if args.train_images else \
         [str(source_path(root, TRAIN_SOURCE_DIR, name)) for name in DEFAULT_TRAIN_IMAGES]
     test_images = [Path(p).resolve() for p in args.test_images] if args.test_images else \
         [source_path(root, TEST_SOURCE_DIR, name) for name in DEFAULT_TEST_IMAGES]
-    names = [p.stem for p in test_images]
-    map_ext = {p.stem: map_suffix(p) for p in test_images}  # GeoTIFF sources get GeoTIFF maps
     tile = str(args.tile_size)
 
+    # ---- tiles, validation images, test windows
     run(["generate_train_data.py", "--data_root", str(root), "--images", *train_images, "--tile_size", tile,
-         "--keep", "valid", "--val_fraction", "0.15", "--num_classes", str(args.num_classes), *q])
-    run(["generate_test_data.py", "--data_root", str(root), "--images", *map(str, test_images), "--tile_size", tile, *q])
+         "--keep", "valid", "--val_fraction", "0.15", *nc, *q])
+    val_root = root / "val"  # a data root whose test images are the validation blocks
+    run(["make_val_images.py", "--data_root", str(root), "--images", *train_images, "--val_root", str(val_root), *q])
+    # make_val_images.py names each validation image after its training image (and keeps its format)
+    val_sources = [val_root / TEST_SOURCE_DIR / Path(p).name for p in train_images]
+    val = Split("val", val_root, val_sources)
+    test = Split("test", root, test_images)
+    for split in (val, test):
+        run(["generate_test_data.py", "--data_root", str(split.data_root), "--images", *map(str, split.sources),
+             "--tile_size", tile, *q])
     # the original's way for comparison: non-overlapping windows pasted side by side
     plain_root = root / "plain"
     run(["generate_test_data.py", "--data_root", str(plain_root), "--images", *map(str, test_images),
          "--tile_size", tile, "--stride", tile, *q])
 
+    # ---- training
     device = ["--device", args.device] if args.device else []
     common = ["--data_root", str(root), "--batch_size", str(args.batch_size), "--base_lr", str(args.base_lr),
               "--scale_min", str(args.scale_min), "--scale_max", str(args.scale_max), "--workers", "1",
-              "--num_classes", str(args.num_classes), *device, *q]
+              "--seed", str(args.seed), *nc, *device, *q, *shlex.split(args.train_flags)]
     if args.iters_per_epoch:
         common += ["--iters_per_epoch", str(args.iters_per_epoch)]
     if args.threads:
         common += ["--threads", str(args.threads)]
+    models = [(name, *ZOO[name]) for name in args.models]
     checkpoints = {}
-    for name, script, model, suffix in MODELS:
+    for name, script, model, suffix in models:
         backbone = args.unet_backbone if model == "unet" else args.backbone
         exp = f"{args.exp}_{suffix}"
         checkpoints[name] = checkpoint_path(model_dir(root), {"model": model, "backbone": backbone, "exp": exp}, "best")
@@ -148,60 +230,119 @@ def main(args: argparse.Namespace) -> list[dict]:
             run([script, "--train", *common, "--exp", exp, "--backbone", backbone, "--epochs", str(epochs),
                  "--save_every", str(epochs), "--crop_size", str(crop)])
 
-    submit = submit_dir(root)
-    pred = lambda image, stage: map_path(submit, image, stage, map_ext[image])  # noqa: E731
-    predict = ["predict.py", "--output_dir", str(submit), *device, *q]
-    first = MODELS[0][0]
-    sources = [str(p) for p in test_images]  # predict.py finds the windows by the stem, the georeferencing in the file
-    run([*predict, "--data_root", str(plain_root), "--images", *sources, "--checkpoint", str(checkpoints[first]),
-         "--blend", "none", "--name", "plain", "--preview_size", "0"])
-    for name, *_ in MODELS:
-        run([*predict, "--data_root", str(root), "--images", *sources, "--checkpoint", str(checkpoints[name]),
-             "--name", name])
-    run([*predict, "--data_root", str(root), "--images", *sources, "--checkpoint", str(checkpoints[first]),
-         "--tta", args.tta, "--name", f"{first}_tta", "--preview_size", "0"])
-    for image, src in zip(names, test_images):
-        run(["vote.py", "--inputs", *(str(pred(image, m)) for m, *_ in MODELS), "--output", str(pred(image, "vote")),
-             "--num_classes", str(args.num_classes), *q])
-        run(["fill_hole.py", "--input", str(pred(image, "vote")), "--source", str(src),
-             "--output", str(map_path(submit, image, suffix=map_ext[image])), "--max_hole", str(args.max_hole),
-             "--num_classes", str(args.num_classes), *q])
+    # ---- every model's maps, on the validation images and the test images
+    first = models[0][0]
+    names = [m for m, *_ in models]
+    for split in (val, test):
+        predict = ["predict.py", "--data_root", str(split.data_root), "--images", *map(str, split.sources),
+                   "--output_dir", str(split.submit), *device, *q]
+        preview = [] if split is test else ["--preview_size", "0"]
+        for name in names:
+            run([*predict, "--checkpoint", str(checkpoints[name]), "--name", name, "--tta", args.tta,
+                 "--blend", args.blend, "--save_probs", *preview])
+        if args.tta != "none":  # what TTA adds, on the first model
+            run([*predict, "--checkpoint", str(checkpoints[first]), "--name", f"{first}_notta", "--blend", args.blend,
+                 "--preview_size", "0"])
+    run(["predict.py", "--data_root", str(plain_root), "--images", *map(str, test.sources), "--output_dir", str(test.submit),
+         "--checkpoint", str(checkpoints[first]), "--blend", "none", "--name", "plain", "--preview_size", "0",
+         *device, *q])
 
-    stages = [("plain stitching (original's way)", "plain"), *((f"{m} (blended)", m) for m, *_ in MODELS),
-              (f"{first} + TTA ({args.tta})", f"{first}_tta"), ("vote of the 3 models", "vote"),
-              ("vote + fill_hole (final)", None)]
-    labelled = [(i, s) for i, s in zip(names, test_images) if label_path(s).exists()]
-    rows = []
-    if not labelled:
-        print("\nno test labels (NAME_label.png beside the test images): nothing to score")
-    for title, stage in stages:
-        total = np.zeros((args.num_classes, args.num_classes), np.int64)
-        for image, src in labelled:
-            path = map_path(submit, image, suffix=map_ext[image]) if stage is None else pred(image, stage)
-            out = submit / "scores" / f"{path.stem}.json"
-            out.parent.mkdir(parents=True, exist_ok=True)
-            run(["score.py", "--pred", str(path), "--label", str(label_path(src)),
-                 "--source", str(src), "--json", str(out), "--num_classes", str(args.num_classes),
-                 *q])
-            total += np.array(json.loads(out.read_text())["confusion"], np.int64)
-        if labelled:
-            iou, miou, miou_all = iou_from_confusion(total)
-            rows.append({"stage": title, "mIoU": miou, "mIoU_all": miou_all, "iou": iou})
-    if rows:
+    # ---- ensembles, then clean-ups of the best map so far (chosen on validation)
+    rows: list[dict] = []
+
+    def add(title: str, stage: str, candidate: bool = True, splits=(val, test)) -> dict:
+        row = {"stage": title, "key": stage, "candidate": candidate}
+        for split in (val, test):
+            cm = score_stage(split, stage, args.num_classes) if split in splits else None
+            row[f"{split.name}_cm"] = cm
+            row[split.name] = None if cm is None else iou_from_confusion(cm)[1]
+        rows.append(row)
+        return row
+
+    add("plain stitching (original's way), " + first, "plain", candidate=False, splits=(test,))
+    if args.tta != "none":
+        add(f"{first}, no TTA", f"{first}_notta", candidate=False)
+    for name in names:
+        add(f"{name} + TTA ({args.tta})" if args.tta != "none" else name, name)
+    best_single = choose(rows)
+    votes = [(f"vote of the {len(names)} models, equal weights", "vote", ["--weights", "equal"]),
+             (f"weighted vote (--weights auto, power {args.weight_power:g})", "wvote",
+              ["--weights", "auto", "--weight_power", str(args.weight_power)]),
+             (f"weighted soft vote (--soft --weights auto, power {args.weight_power:g})", "wsoft",
+              ["--soft", "--weights", "auto", "--weight_power", str(args.weight_power)])]
+    for title, stage, flags in votes:
+        for split in (val, test):
+            for image in split.images:
+                run(["vote.py", "--inputs", *(str(split.map(image, m)) for m in names),
+                     "--output", str(split.map(image, stage)), *nc, *flags, *q])
+        add(title, stage)
+    base = choose(rows)
+    cleanups = [("morph", ["--method", "morph", "--max_hole", str(args.max_hole)], f"fill enclosed holes (morph, max {args.max_hole})"),
+                ("area", ["--method", "area", "--min_area", str(args.min_area)], f"remove regions < {args.min_area} px (area)"),
+                ("close", ["--method", "close", "--radius", str(args.radius)], f"closing (radius {args.radius})")]
+    for method, flags, title in cleanups:
+        stage = f"{base['key']}_{method}"
+        for split in (val, test):
+            for image, src in zip(split.images, split.sources):
+                run(["fill_hole.py", "--input", str(split.map(image, base["key"])), "--source", str(src),
+                     "--output", str(split.map(image, stage)), *flags, *nc, *q])
+        add(f"{base['key']} + {title}", stage)
+
+    # ---- the final map: the candidate that scores best on validation
+    final = choose(rows)
+    for split in (val, test):
+        for image in split.images:
+            copy_atomic(split.map(image, final["key"]), split.map(image, None))
+    final_row = dict(final, stage=f"final map = {final['key']} (chosen on validation)", candidate=False)
+    rows.append(final_row)
+    print(f"\nbest single model on validation: {best_single['key']}; final map chosen on validation: {final['key']}")
+    if rows and any(r["test"] is not None for r in rows):
         print_table(rows, args.num_classes)
-    print(f"\npipeline finished in {(time.perf_counter() - t_start) / 60:.1f} min; maps in {submit}")
+        gain = final_row["test"] - best_single["test"]
+        print(f"\ntest mIoU: final {final_row['test']:.3f}, best single model {best_single['test']:.3f} "
+              f"({gain:+.3f}); validation: {final_row['val']:.3f} vs {best_single['val']:.3f}")
+    else:
+        print("\nno test labels (NAME_label.png beside the test images): test maps not scored")
+    write_scores(test.submit / "scores" / "pipeline.json", rows, best_single, final)
+    print(f"\npipeline finished in {(time.perf_counter() - t_start) / 60:.1f} min; maps in {test.submit}")
+    for r in rows:  # the old keys, kept for callers of main()
+        cm = r.get("test_cm")
+        if cm is not None:
+            r["iou"], r["mIoU"], r["mIoU_all"] = iou_from_confusion(cm)
     return rows
+
+
+def write_scores(path: Path, rows: list[dict], best_single: dict, final: dict) -> None:
+    """The table as JSON (per stage: validation and test confusion matrices, mIoU), written atomically."""
+    out = {"best_single": best_single["key"], "final": final["key"], "stages": []}
+    for r in rows:
+        item = {"stage": r["stage"], "key": r["key"], "candidate": r["candidate"]}
+        for split in ("val", "test"):
+            cm = r.get(f"{split}_cm")
+            item[split] = None if cm is None else {"mIoU": r[split], "confusion": cm.tolist(),
+                                                   "iou": [None if np.isnan(v) else v for v in iou_from_confusion(cm)[0]]}
+        out["stages"].append(item)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(out, indent=2) + "\n")
 
 
 def print_table(rows: list[dict], num_classes: int) -> None:
     names = class_names(num_classes)
-    head = "| stage | mIoU | mIoU_all | " + " | ".join(names) + " |"
-    print("\nScores on the test images (all test images together; IoU over valid pixels):\n")
-    print(head)
-    print("|" + "---|" * (3 + num_classes))
+    print("\nScores (validation: the validation blocks of the training images; test: the test images; "
+          "IoU over valid pixels, per class on test):\n")
+    print("| stage | val mIoU | test mIoU | test mIoU_all | " + " | ".join(names) + " |")
+    print("|" + "---|" * (4 + num_classes))
+    fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
     for r in rows:
-        cells = " | ".join(f"{v:.3f}" for v in r["iou"])
-        print(f"| {r['stage']} | {r['mIoU']:.3f} | {r['mIoU_all']:.3f} | {cells} |")
+        cm = r.get("test_cm")
+        if cm is None:
+            cells, miou_all = ["-"] * num_classes, None
+        else:
+            iou, _, miou_all = iou_from_confusion(cm)
+            absent = set(absent_classes(cm))
+            cells = [format_iou(v, c in absent, 3) for c, v in enumerate(iou)]
+        print(f"| {r['stage']} | {fmt(r['val'])} | {fmt(r['test'])} | {fmt(miou_all)} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

@@ -15,6 +15,8 @@ A checkpoint is a dict loadable with ``torch.load(path, weights_only=True)`` (:f
     best_miou    best validation mIoU so far
     history      the run's log rows so far
     train_model  the optimised weights, when they differ from ``model`` (SWA)
+    input_stats  per-channel mean and std of the training tiles' valid pixels
+                 (:func:`cropmap.radiometry.tile_stats`; ``predict.py --radiometry match``)
 
 Files: ``{data_root}/model/{model}_{backbone}_{exp}_epoch{N}.pth``, ``..._last.pth``, ``..._best.pth``
 (:func:`cropmap.layout.checkpoint_path`).
@@ -57,7 +59,8 @@ MODEL_FLAGS = ("model", "backbone", "num_classes", "output_stride")
 
 
 def training_state(*, model: nn.Module, args, epoch: int, optimizer, metrics: dict, scheduler, scaler,
-                   hooks: dict, best_miou: float, history: list[dict], train_model: nn.Module | None = None) -> dict:
+                   hooks: dict, best_miou: float, history: list[dict], train_model: nn.Module | None = None,
+                   input_stats: dict | None = None) -> dict:
     """The checkpoint after ``epoch`` (1-based) epochs: the layout of the module docstring."""
     state = {
         "model": model.state_dict(),
@@ -72,6 +75,8 @@ def training_state(*, model: nn.Module, args, epoch: int, optimizer, metrics: di
         "best_miou": best_miou,
         "history": list(history),
     }
+    if input_stats is not None:
+        state["input_stats"] = input_stats
     if train_model is not None and train_model is not model:
         state["train_model"] = train_model.state_dict()
     return state

@@ -32,7 +32,7 @@ import random
 import sys
 import time
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -49,7 +49,8 @@ from .data import MultiScaleBatchSampler, TileDataset, checked, collate, oversam
 from .files import check_output_dir, copy_atomic
 from .hooks import Hook, SWAHook
 from .layout import checkpoint_path, model_dir, run_name
-from .metrics import ConfusionMatrix
+from .metrics import ConfusionMatrix, exclude_absent
+from .radiometry import tile_stats
 from .raster import IGNORE
 from .runlog import epoch_row, write_logs
 
@@ -75,6 +76,8 @@ def check_args(args: argparse.Namespace) -> tuple[list[int], list[int]]:
     except ValueError as e:
         raise InputError(f"--model {args.model} --backbone {args.backbone}: {e}") from None
     _check(args.loss in LOSSES, f"--loss {args.loss!r}: unknown; valid: {', '.join(LOSSES)}")
+    _check(not (args.label_smoothing == "edge" and args.loss == "lovasz"),
+           "--label_smoothing edge smooths the pixel term (ce, focal or focal+lovasz); --loss lovasz has none")
     _check(args.epochs >= 1, f"--epochs must be >= 1, got {args.epochs}")
     _check(args.num_classes >= 2, f"--num_classes must be >= 2, got {args.num_classes}")
     scales = list(args.scales or [args.crop_size])
@@ -173,8 +176,8 @@ def build_data(args: argparse.Namespace, scales: list[int], batch_sizes: list[in
                world_size: int = 1, pin_memory: bool = False) -> Data:
     """The training tiles (augmented, sampled by :class:`MultiScaleBatchSampler`, optionally oversampled)
     and this process's share of the validation tiles, as loaders of :func:`~cropmap.data.collate` batches."""
-    train_set = TileDataset(args.data_root, "train", args.num_classes, augment=True,
-                            crop_size=scales[0], scale_range=(args.scale_min, args.scale_max))
+    train_set = TileDataset(args.data_root, "train", args.num_classes, augment=True, crop_size=scales[0],
+                            scale_range=(args.scale_min, args.scale_max), color_jitter=args.color_jitter)
     val_set = TileDataset(args.data_root, "val", args.num_classes, augment=False)
     weights = None
     if args.oversample > 0:
@@ -218,19 +221,31 @@ def build_model(args: argparse.Namespace, device: torch.device, world_size: int 
     return model, net
 
 
+def lr_factor(total_iters: int, power: float, warmup_iters: int = 0) -> Callable[[int], float]:
+    """The learning-rate multiplier of iteration ``it``: poly decay ``(1 - it / total) ** power``, times a
+    linear warm-up ``min(1, (it + 1) / warmup_iters)`` over the first ``warmup_iters`` iterations."""
+
+    def factor(it: int) -> float:
+        poly = (1.0 - min(it, total_iters) / total_iters) ** power
+        return poly * min(1.0, (it + 1) / warmup_iters) if warmup_iters > 0 else poly
+
+    return factor
+
+
 def build_optimizer(args: argparse.Namespace, model: nn.Module, total_iters: int):
-    """SGD with two parameter groups (backbone at ``--base_lr``, head at ``--base_lr * --last_mult``) and
-    the poly schedule ``(1 - it / total_iters) ** --poly_power``, stepped per iteration."""
+    """``--optimizer`` (SGD with momentum, or AdamW) with two parameter groups (backbone at ``--base_lr``,
+    head at ``--base_lr * --last_mult``) and the schedule :func:`lr_factor` (poly decay with
+    ``--poly_power`` after ``--warmup_iters`` of linear warm-up), stepped per iteration."""
     backbone_ids = {id(p) for p in model.backbone.parameters()}
     groups = [
         {"params": [p for p in model.parameters() if id(p) in backbone_ids], "lr": args.base_lr},
         {"params": [p for p in model.parameters() if id(p) not in backbone_ids], "lr": args.base_lr * args.last_mult},
     ]
-    optimizer = torch.optim.SGD(groups, lr=args.base_lr, momentum=args.momentum, weight_decay=args.weight_decay)
-    power = args.poly_power
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda it: (1.0 - min(it, total_iters) / total_iters) ** power
-    )
+    if args.optimizer == "adamw":
+        optimizer = torch.optim.AdamW(groups, lr=args.base_lr, weight_decay=args.weight_decay)
+    else:
+        optimizer = torch.optim.SGD(groups, lr=args.base_lr, momentum=args.momentum, weight_decay=args.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(total_iters, args.poly_power, args.warmup_iters))
     return optimizer, scheduler
 
 
@@ -364,8 +379,11 @@ class Trainer:
                           pin_memory=self.device.type == "cuda")
         self.train_set, self.val_set, self.sampler = data.train_set, data.val_set, data.sampler
         self.train_loader, self.val_loader, self.iters_per_epoch = data.train_loader, data.val_loader, data.iters_per_epoch
+        # per-channel statistics of the training tiles, for predict.py --radiometry match
+        self.input_stats = tile_stats(args.data_root, self.train_set.rows)
         self.model, self.net = build_model(args, self.device, self.world_size)
-        self.criterion = build_loss(args.loss, aux_weight=args.aux_weight, ignore_index=IGNORE).to(self.device)
+        self.criterion = build_loss(args.loss, aux_weight=args.aux_weight, ignore_index=IGNORE,
+                                    label_smoothing=args.label_smoothing).to(self.device)
         self.total_iters = args.epochs * self.iters_per_epoch
         self.optimizer, self.scheduler = build_optimizer(args, self.model, self.total_iters)
         self.step_scheduler = True
@@ -483,7 +501,7 @@ class Trainer:
         show = self.is_main and not self.args.quiet
         cm, loss = evaluate(model, self.val_loader, self.device, self.args.num_classes, self.criterion,
                             self.amp_dtype, progress=show)
-        metrics = cm.compute()
+        metrics = exclude_absent(cm.compute())  # a class missing from the validation labels is reported as absent
         metrics["val_loss"] = loss
         self.last_table = cm.table()
         return metrics
@@ -537,7 +555,7 @@ class Trainer:
         state = ckpt.training_state(
             model=eval_model, args=plain_flags(self.args), epoch=epoch + 1, optimizer=self.optimizer, metrics=metrics,
             scheduler=self.scheduler, scaler=self.scaler, hooks={h.name: h.state_dict() for h in self.hooks},
-            best_miou=self.best_miou, history=self.history, train_model=self.model)
+            best_miou=self.best_miou, history=self.history, train_model=self.model, input_stats=self.input_stats)
         args = vars(self.args)
         last_path = ckpt.save_checkpoint(state, checkpoint_path(self.model_dir, args, "last"))
         tags = []
@@ -607,7 +625,7 @@ def evaluate_checkpoint(args: argparse.Namespace) -> dict:
     if rank == 0:
         print(f"{path}: {len(val_set)} validation tiles")
         print(cm.table())
-    return cm.compute()
+    return exclude_absent(cm.compute())
 
 
 def swa_hook(args: argparse.Namespace) -> SWAHook:
@@ -681,15 +699,24 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--loss", default="ce", help="ce, focal, lovasz or focal+lovasz (default: ce)")
     g.add_argument("--aux_weight", type=nonneg_float, default=0.2,
                    help="weight of the auxiliary head's loss; 0 builds no auxiliary head (default: 0.2)")
+    g.add_argument("--label_smoothing", default="none", choices=("none", "edge"),
+                   help="edge: edge-aware label smoothing of the CE/focal term (11x11 window, factor = the window's "
+                        "share of other classes, capped at 0.2); none: hard labels (default: none)")
 
     g = p.add_argument_group("optimisation")
-    g.add_argument("--base_lr", type=positive_float, default=0.007, help="SGD learning rate of the backbone (default: 0.007)")
+    g.add_argument("--base_lr", type=positive_float, default=0.007, help="learning rate of the backbone (default: 0.007)")
+    g.add_argument("--optimizer", default="sgd", choices=("sgd", "adamw"),
+                   help="sgd (momentum, the original's) or adamw (Adam with decoupled weight decay; use a "
+                        "--base_lr about 1e-3) (default: sgd)")
     g.add_argument("--last_mult", type=nonneg_float, default=1.0, help="learning-rate multiplier of the head (default: 1.0)")
     g.add_argument("--momentum", type=ranged(float, 0, 1, high_open=True), default=0.9,
                    help="SGD momentum, 0 to below 1 (default: 0.9)")
     g.add_argument("--weight_decay", type=nonneg_float, default=1e-4, help="SGD weight decay (default: 1e-4)")
     g.add_argument("--poly_power", type=nonneg_float, default=0.9,
                    help="poly decay lr = base_lr * (1 - iter / total_iters) ** power, per iteration (default: 0.9)")
+    g.add_argument("--warmup_iters", type=nonneg_int, default=0,
+                   help="linear learning-rate warm-up over the first N iterations, from base_lr / N, times the "
+                        "poly decay (default: 0, off)")
 
     g = p.add_argument_group("data")
     g.add_argument("--batch_size", type=positive_int, default=8,
@@ -703,6 +730,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--scale_max", type=positive_float, default=2.0, help="largest random rescale of a tile (default: 2.0)")
     g.add_argument("--oversample", type=nonneg_float, default=0.0,
                    help="rare-class oversampling power p: a class of pixel share f weighs f**-p (0: off, 1: balanced; default: 0)")
+    g.add_argument("--color_jitter", type=ranged(float, 0, 0.5), default=0.0,
+                   help="colour jitter amplitude of brightness/contrast/saturation/hue in training, 0 to 0.5, e.g. 0.08 "
+                        "(labels and no-data untouched; default: 0, off)")
     g.add_argument("--workers", type=nonneg_int, default=min(4, os.cpu_count() or 1),
                    help="data loading processes (default: min(4, CPU count))")
 

@@ -208,6 +208,7 @@ def _predict(
     world_size: int,
     num_classes: int | None,
     total: int | None,
+    transform: Callable | None = None,
 ) -> dict:
     """Run ``model`` over this process's share of ``groups`` and write the map (see the module docstring)."""
     device = torch.device(device)
@@ -224,7 +225,8 @@ def _predict(
     bar = progress_bar(total=total, desc=Path(map_path).name, unit="win", disable=not progress or rank > 0, leave=False)
     try:
         for ys, xs, rgba in batches(mine, preview):
-            probs = forward_probs(model, normalize(rgba), tta=tta, amp=amp, channels_last=channels_last)
+            x = normalize(rgba if transform is None else transform(rgba))
+            probs = forward_probs(model, x, tta=tta, amp=amp, channels_last=channels_last)
             if probs.shape[1] != num_classes:
                 raise InputError(f"the model predicts {probs.shape[1]} classes, expected {num_classes}")
             stitcher.add_batch(ys, xs, probs, valid_mask(rgba[:, 3]))
@@ -304,6 +306,7 @@ def predict_image(
     num_classes: int | None = None,
     rank: int = 0,
     world_size: int = 1,
+    transform: Callable | None = None,
 ) -> dict:
     """Predict one image from its pre-cut windows and stream the stitched map to ``map_path``.
 
@@ -314,13 +317,17 @@ def predict_image(
         map_path: output map, ``uint8 [H, W]`` single-channel, 0 where no window marks a pixel valid;
             its format follows its suffix (:func:`cropmap.raster.open_writer`, georeferenced ``like``).
         workers: DataLoader processes decoding the window files.
-        blend: a mode of :data:`cropmap.stitch.BLEND_MODES` (``blend_options`` go to its weights).
+        blend: a mode of :data:`cropmap.stitch.BLEND_MODES` (``blend_options`` go to its weights, e.g.
+            ``keep`` of ``"centre"``).
         save_probs: also write ``uint8`` probabilities (``round(255 p)``), one single-channel file per
             class beside the map (:func:`prob_paths`).
         preview_path: write a downscaled colour preview (longest side ``preview_size``) there.
         channels_last: feed the model channels_last batches (the model should be converted too).
         num_classes: what the model predicts (default: found by one forward pass).
         rank, world_size: this process's share of the image (see the module docstring).
+        transform: optional ``uint8 [B, 4, T, T] -> uint8 [B, 4, T, T]`` applied to each batch of windows on
+            the device before the model (e.g. :func:`cropmap.radiometry.apply_affine`); the preview shows the
+            windows as read.
 
     Returns:
         ``{"map": path, "windows": n, "num_classes": C, "probs": [paths], "preview": path or None,
@@ -347,7 +354,7 @@ def predict_image(
                     amp=amp, channels_last=channels_last, blend=blend, blend_options=blend_options,
                     save_probs=save_probs, preview_path=preview_path, preview_size=preview_size, progress=progress,
                     rank=rank, world_size=world_size, num_classes=num_classes,
-                    total=len(rows) if world_size == 1 else None)
+                    total=len(rows) if world_size == 1 else None, transform=transform)
 
 
 def predict_from_source(
@@ -371,6 +378,7 @@ def predict_from_source(
     num_classes: int | None = None,
     rank: int = 0,
     world_size: int = 1,
+    transform: Callable | None = None,
 ) -> dict:
     """Predict one image straight from its source and stream the stitched map to ``map_path``.
 
@@ -393,4 +401,4 @@ def predict_from_source(
     return _predict(model, batches, groups, info.height, info.width, tile_size, map_path, like=info, device=device,
                     tta=tta, amp=amp, channels_last=channels_last, blend=blend, blend_options=blend_options,
                     save_probs=save_probs, preview_path=preview_path, preview_size=preview_size, progress=progress,
-                    rank=rank, world_size=world_size, num_classes=num_classes, total=None)
+                    rank=rank, world_size=world_size, num_classes=num_classes, total=None, transform=transform)

@@ -9,6 +9,12 @@ Undefined classes: a class absent from both the labels and the predictions of th
 pixels has ``TP + FP + FN = 0``; its IoU is reported as NaN and the means are taken over
 the defined classes only (nanmean).  If no class of a mean is defined the mean is NaN.
 
+Absent classes: a class with no pixel in the *labels* cannot be measured (its IoU is 0 when it is
+predicted somewhere, NaN otherwise).  :meth:`ConfusionMatrix.compute` lists such classes under
+``absent``, tables print ``absent`` instead of a number, and :func:`exclude_absent` (used in training
+validation) leaves them out of the means, so a class missing from a validation set neither shows as NaN
+nor as a 0 that looks like a failure to learn it.
+
 The confusion matrix is ``int64 [C, C]``, rows = label, columns = prediction.  Counts are
 accumulated on the device of the torch tensors passed to :meth:`ConfusionMatrix.update`
 (``torch.bincount``), or on the CPU with ``np.bincount`` for numpy arrays, in chunks of at
@@ -46,6 +52,33 @@ def iou_from_confusion(confusion: np.ndarray | torch.Tensor) -> tuple[list[float
     denom = m.sum(axis=0) + m.sum(axis=1) - tp  # TP + FP + FN
     iou = [float(tp[c] / denom[c]) if denom[c] > 0 else float("nan") for c in range(m.shape[0])]
     return iou, _nanmean(iou[1:]), _nanmean(iou)
+
+
+def absent_classes(confusion: np.ndarray | torch.Tensor) -> list[int]:
+    """Classes with no pixel in the labels (row sum 0) of a ``[C, C]`` confusion matrix."""
+    m = np.asarray(confusion.cpu() if isinstance(confusion, torch.Tensor) else confusion)
+    return [int(c) for c in np.flatnonzero(m.sum(axis=1) == 0)]
+
+
+def exclude_absent(metrics: dict) -> dict:
+    """Metrics of :meth:`ConfusionMatrix.compute` with absent classes left out of the means.
+
+    Returns a copy whose ``iou`` is NaN for the classes in ``metrics["absent"]`` (not measurable) and
+    whose ``mIoU`` / ``mIoU_all`` are the means over the other classes.
+    """
+    out = dict(metrics)
+    absent = set(metrics.get("absent", []))
+    out["iou"] = [float("nan") if c in absent else v for c, v in enumerate(metrics["iou"])]
+    out["mIoU"] = _nanmean(out["iou"][1:])
+    out["mIoU_all"] = _nanmean(out["iou"])
+    return out
+
+
+def format_iou(value: float, absent: bool = False, digits: int = 4) -> str:
+    """An IoU for a table: ``absent`` for a class missing from the labels, ``n/a`` for NaN, else the number."""
+    if absent:
+        return "absent"
+    return "n/a" if value is None or math.isnan(value) else f"{value:.{digits}f}"
 
 
 class ConfusionMatrix:
@@ -176,7 +209,7 @@ class ConfusionMatrix:
             ``{"iou": [float] * C (NaN for undefined classes), "mIoU": float (nanmean over
             1..C-1), "mIoU_all": float (nanmean over 0..C-1), "pixel_acc": float (fraction of
             counted pixels predicted correctly, NaN if none), "confusion": [[int]] (rows =
-            label, cols = prediction)}``.
+            label, cols = prediction), "absent": [int] (classes with no label pixel)}``.
         """
         confusion = self.matrix.cpu().numpy()
         iou, miou, miou_all = iou_from_confusion(confusion)
@@ -188,13 +221,14 @@ class ConfusionMatrix:
             "mIoU_all": miou_all,
             "pixel_acc": pixel_acc,
             "confusion": confusion.tolist(),
+            "absent": absent_classes(confusion),
         }
 
     def table(self, names: list[str] | tuple[str, ...] | None = None) -> str:
         """Per-class IoU table with pixel counts, then the ``mIoU`` and ``mIoU_all`` lines.
 
         ``names`` defaults to :func:`class_names`.
-        Undefined IoUs print as ``n/a``.
+        Undefined IoUs print as ``n/a``; classes with no label pixel as ``absent`` (see the module notes).
         """
         c = self.num_classes
         if names is None:
@@ -204,16 +238,19 @@ class ConfusionMatrix:
         result = self.compute()
         confusion = np.asarray(result["confusion"])
 
-        def fmt(value: float) -> str:
-            return "n/a" if math.isnan(value) else f"{value:.4f}"
+        absent = set(result["absent"])
+        fmt = format_iou
 
         summary = (f"mIoU (1..{c - 1})", f"mIoU_all (0..{c - 1})")
         width = max(len(label) for label in (*summary, *(f"{i} {n}" for i, n in enumerate(names))))
         lines = [f"{'class':<{width}} {'IoU':>8} {'label px':>14} {'pred px':>14}"]
         for i, name in enumerate(names):
             lines.append(
-                f"{f'{i} {name}':<{width}} {fmt(result['iou'][i]):>8} {int(confusion[i].sum()):>14} {int(confusion[:, i].sum()):>14}"
+                f"{f'{i} {name}':<{width}} {fmt(result['iou'][i], i in absent):>8} {int(confusion[i].sum()):>14} {int(confusion[:, i].sum()):>14}"
             )
         lines.append(f"{summary[0]:<{width}} {fmt(result['mIoU']):>8}")
         lines.append(f"{summary[1]:<{width}} {fmt(result['mIoU_all']):>8}")
+        if absent:
+            listed = ", ".join(names[k] for k in sorted(absent))
+            lines.append(f"absent: {listed} (no pixel in the labels: IoU not measurable)")
         return "\n".join(lines)

@@ -21,7 +21,7 @@ from .cli import InputError, progress as progress_bar
 from .raster import (IGNORE, check_georef, check_image, check_map, check_map_values, iter_zip, open_writer, strip_rows,
                      valid_mask)
 
-FILL_METHODS = ("morph", "square")
+FILL_METHODS = ("morph", "square", "area", "close")  # area, close: see cropmap.cleanup
 
 
 # ---- voting -------------------------------------------------------------------------------------
@@ -54,7 +54,11 @@ def resolve_ties(scores: np.ndarray, maps: np.ndarray, priority: Sequence[int] |
 
 
 def vote_strip(
-    maps: np.ndarray, num_classes: int, priority: Sequence[int] | None = None, probs: np.ndarray | None = None
+    maps: np.ndarray,
+    num_classes: int,
+    priority: Sequence[int] | None = None,
+    probs: np.ndarray | None = None,
+    weights: np.ndarray | None = None,
 ) -> np.ndarray:
     """Vote one strip.
 
@@ -64,10 +68,16 @@ def vote_strip(
         priority: see :func:`resolve_ties`.
         probs: for soft voting, ``uint8 [N, C, h, W]`` each input's probabilities (255 = 1); the class
             with the largest sum wins. Without it, the class with the most votes wins.
+        weights: optional ``float32 [N, C]``: input ``i``'s vote (or probability) for class ``c`` counts
+            ``weights[i, c]`` (:func:`cropmap.ensemble.weighted_scores`); None: every vote counts 1.
 
     Returns:
         ``uint8 [h, W]``.
     """
+    if weights is not None:
+        from .ensemble import weighted_scores
+
+        return resolve_ties(weighted_scores(maps, weights, probs), maps, priority)
     if probs is None:
         scores = np.stack([(maps == c).sum(axis=0, dtype=np.uint16) for c in range(num_classes)])
     else:
@@ -82,10 +92,12 @@ def vote_maps(
     priority: Sequence[int] | None = None,
     prob_inputs: Sequence[Sequence[str | os.PathLike]] | None = None,
     progress: bool = True,
+    weights: np.ndarray | None = None,
 ) -> Path:
     """Vote full-size maps into ``output``, streaming in strips.
 
-    ``prob_inputs[i]`` lists input ``i``'s per-class probability PNGs (soft voting). All files must have
+    ``prob_inputs[i]`` lists input ``i``'s per-class probability PNGs (soft voting); ``weights``
+    (``[N, C]``) weighs each input's vote per class (see :func:`vote_strip`). All files must have
     the same size (InputError naming the odd one otherwise); nothing is written then.
     """
     if not inputs:
@@ -115,7 +127,7 @@ def vote_maps(
             probs = None
             if flat_probs:
                 probs = np.stack(strips[n:]).reshape((n, num_classes) + maps.shape[1:])
-            writer.write(vote_strip(maps, num_classes, priority, probs))
+            writer.write(vote_strip(maps, num_classes, priority, probs, weights))
             bar.update(len(maps[0]))
     return Path(output)
 
@@ -365,13 +377,17 @@ def fill_map(
     stride: int = 50,
     band_rows: int = 1024,
     progress: bool = True,
+    radius: int = 3,
 ) -> Path:
     """Fill holes in a full-size map, streaming; no-data (alpha != 255 in ``source_path``) stays 0.
 
     ``morph``: class-0 regions enclosed by one crop class, of area at most ``max_hole``, become that
     class (:func:`fill_components`); then, with ``min_area`` > 0, for each crop class c in turn, regions of
     c smaller than ``min_area`` enclosed by one other class become that class. ``square``: the
-    original's rule (:func:`square_stage`) with window ``sizes`` in turn.
+    original's rule (:func:`square_stage`) with window ``sizes`` in turn. ``area``: for each class
+    0..C-1 in turn, regions smaller than ``min_area`` take their neighbours' majority class
+    (:func:`cropmap.cleanup.area_stage`). ``close``: morphological closing of each crop class with an
+    ellipse of ``radius`` (:func:`cropmap.cleanup.close_stage`).
 
     Each step is one streamed pass (chained generators, one input decode, one output encode). Memory
     per pass is a band of rows (plus OpenCV's ``int32`` component labels of the band for ``morph``).
@@ -401,6 +417,18 @@ def fill_map(
         if min_area > 0:
             for c in range(1, num_classes):
                 strips = morph_stage(strips, height, c, min_area - 1, band_rows)
+    elif method == "area":
+        from .cleanup import area_stage
+
+        if min_area > 1:
+            for c in range(num_classes):
+                strips = area_stage(strips, height, c, min_area - 1, num_classes, band_rows)
+    elif method == "close":
+        from .cleanup import close_stage
+
+        if radius > 0:
+            for c in range(1, num_classes):
+                strips = close_stage(strips, height, c, radius, band_rows)
     else:
         for size in sizes:
             strips = square_stage(strips, height, width, size, stride)

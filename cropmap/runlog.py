@@ -27,8 +27,9 @@ def epoch_row(epoch: int, stats: dict, metrics: dict, lrs: list[float], num_clas
     """
     row = {"epoch": epoch, "train_loss": stats["train_loss"], "val_loss": metrics.get("val_loss", NAN),
            "lr": lrs[0], "lr_head": lrs[-1]}
+    absent = set(metrics.get("absent", []))
     for k, name in enumerate(class_names(num_classes)):
-        row[f"iou_{name}"] = metrics["iou"][k] if metrics else NAN
+        row[f"iou_{name}"] = ("absent" if k in absent else metrics["iou"][k]) if metrics else NAN
     row["mIoU"] = metrics.get("mIoU", NAN)
     row["mIoU_all"] = metrics.get("mIoU_all", NAN)
     row["train_images_per_s"] = stats["train_images_per_s"]
@@ -70,7 +71,8 @@ def plot_curves(path: Path, history: list[dict]) -> None:
     ax_loss.plot(epochs, [r["val_loss"] for r in history], "o-", label="val")
     ax_loss.set_title("loss")
     for key in [k for k in history[0] if k.startswith("iou_")]:
-        ax_iou.plot(epochs, [r[key] for r in history], ".-", alpha=0.7, label=key[4:])
+        values = [r[key] if isinstance(r[key], float) else NAN for r in history]  # "absent": a gap
+        ax_iou.plot(epochs, values, ".-", alpha=0.7, label=key[4:])
     ax_iou.plot(epochs, [r["mIoU"] for r in history], "o-", color="k", lw=2, label="mIoU (crops)")
     ax_iou.set_ylim(0, 1)
     ax_iou.set_title("validation IoU")

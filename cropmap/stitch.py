@@ -27,8 +27,10 @@ import numpy as np
 import torch
 
 #: Blending modes: "gaussian" weights each window by a separable Gaussian centred on it (seams vanish);
-#: "none" pastes windows without weights, a later window overwriting an earlier one (the original's way).
-BLEND_MODES = ("gaussian", "none")
+#: "centre" keeps only each window's central ``keep`` x ``keep`` pixels (the competition winners' way:
+#: large windows, only their centre kept; see :func:`centre_window`); "none" pastes windows without
+#: weights, a later window overwriting an earlier one (the original's way).
+BLEND_MODES = ("gaussian", "centre", "none")
 
 #: Default colours of the classes in previews (RGB): other, tobacco, corn, coix.
 PALETTE = np.array(
@@ -54,16 +56,36 @@ def weight_window(size: int, sigma_scale: float = 0.125, floor: float = 1e-3) ->
     return np.outer(ramp, ramp).astype(np.float32)
 
 
+def centre_window(size: int, keep: int | None = None, floor: float = 1e-4) -> np.ndarray:
+    """Weights of centre-keep stitching: ``float32 [size, size]``, 1 on the central ``keep`` x ``keep``
+    square (default: half the window) and ``floor`` elsewhere.
+
+    With windows every ``keep`` pixels the central squares tile the image, so each pixel takes the
+    prediction of the one window whose centre holds it, where the model saw the most context (at least
+    ``(size - keep) / 2`` pixels on every side). The ``floor`` keeps a tiny weight on the margins for the
+    pixels that no central square covers (the image's outer margin, or windows moved inward at the far
+    edges): they blend the margins of the windows that cover them.
+    """
+    keep = max(1, size // 2) if keep is None else int(keep)
+    if not 0 < keep <= size:
+        raise ValueError(f"keep must be in 1..{size}, got {keep}")
+    lo = (size - keep) // 2
+    ramp = np.full(size, floor, np.float32)
+    ramp[lo : lo + keep] = 1.0
+    return np.outer(ramp, ramp).astype(np.float32)
+
+
 #: Weighted blending modes: name -> ``fn(size, **options) -> float32 [size, size]`` weights (positive).
 #: Adding a mode is one entry here and its name in :data:`BLEND_MODES`; "none" (paste) has no weights.
-WEIGHTS: dict[str, Callable[..., np.ndarray]] = {"gaussian": weight_window}
+WEIGHTS: dict[str, Callable[..., np.ndarray]] = {"gaussian": weight_window, "centre": centre_window}
 
 
 def blend_weight(blend: str, size: int, **options) -> np.ndarray | None:
     """The weights of blending mode ``blend`` for ``size`` x ``size`` windows, or None for "none" (paste).
 
-    ``options`` go to the mode's weight function, those it does not take are ignored (e.g. a centre
-    size for a mode that keeps window centres). ``ValueError`` for an unknown mode.
+    ``options`` go to the mode's weight function, those it does not take are ignored (``keep``, the
+    centre size of "centre", means nothing to "gaussian"); None values are left out (the function's
+    default). ``ValueError`` for an unknown mode.
     """
     if blend not in BLEND_MODES:
         raise ValueError(f"unknown blend {blend!r}; valid: {', '.join(BLEND_MODES)}")
@@ -115,11 +137,11 @@ class BandStitcher:
             exactly once, in order: ``labels`` ``uint8 [h, W]``; ``probs`` ``uint8 [C, h, W]`` when
             ``keep_probs`` else None; tensors on ``device``, the sink's to keep.
         blend: a mode of :data:`BLEND_MODES` (``"gaussian"``: weighted by :func:`weight_window`;
-            ``"none"``: paste, last one wins).
+            ``"centre"``: :func:`centre_window`; ``"none"``: paste, last one wins).
         keep_probs: also hand quantised probabilities to the sink.
         device: where the band lives and the arithmetic runs (the model's device).
         rows: ``(start, stop)``, the map rows to emit (default: all); see the module docstring.
-        blend_options: passed to the weight function of ``blend`` (:func:`blend_weight`).
+        blend_options: passed to the weight function of ``blend`` (:func:`blend_weight`), e.g. ``keep``.
 
     Call :meth:`add` (or :meth:`add_batch`) for every window in ascending ``y``, then :meth:`finish`.
     """

@@ -10,6 +10,12 @@ no-data holes (alpha 0, RGB 0) cut into the mosaic. Labels under no-data are 0.
 Everything is a function of pixel coordinates and hashed seeds, computed in blocks of rows, so an image
 of any size streams to disk in bounded memory (``--full`` writes the real competition sizes), and the
 result does not depend on how it is cut into blocks.
+
+An :class:`Acquisition` says how an image is rendered: the default is the training images' rendering;
+:data:`SHIFTED` is another acquisition of the same kind of landscape (another date and sensor set-up):
+dimmer, warmer colour balance, a contrast change (gamma), spatially varying haze, a slightly finer
+ground resolution (objects 8% larger in pixels) and crops in other proportions, so that a test image
+rendered with it measures generalisation rather than memory of one rendering.
 """
 
 from __future__ import annotations
@@ -39,6 +45,57 @@ CELL = 160  # mean parcel size in pixels (a fixed ground resolution, whatever th
 BLOCK = 256  # rows computed at a time; the noise is seeded per block, so outputs never depend on callers
 HALO = 4  # extra rows each side of a block, so the blur has no seams
 CLASS_PROB = np.array([0.46, 0.18, 0.20, 0.16])  # other, tobacco, corn, coix (by parcel count)
+
+
+
+@dataclass(frozen=True)
+class Acquisition:
+    """How one acquisition renders a landscape; the defaults are the training images' rendering.
+
+    Attributes:
+        scale: ground resolution relative to the training images: ``s`` > 1 shows every object ``s``
+            times larger in pixels (parcels, row spacings, roads); the no-data border and holes are
+            image-relative and do not scale.
+        class_prob: probability of each class per parcel (other, tobacco, corn, coix).
+        brightness: overall gain on the RGB values.
+        gain: per-channel colour balance (R, G, B), applied with ``brightness``.
+        gamma: ``out = 255 * (in / 255) ** gamma`` after the gains (> 1 darkens mid-tones).
+        haze: mean haze strength in [0, 1): ``rgb = (1 - h) * rgb + h * haze_rgb`` with ``h`` varying
+            smoothly over the image between about 0.4 and 1.6 times ``haze``.
+        haze_rgb: colour of the haze.
+        noise: standard deviation of the sensor noise (RGB units).
+        blur: sigma of the optical blur in pixels.
+    """
+
+    scale: float = 1.0
+    class_prob: tuple = tuple(float(p) for p in CLASS_PROB)
+    brightness: float = 1.0
+    gain: tuple = (1.0, 1.0, 1.0)
+    gamma: float = 1.0
+    haze: float = 0.0
+    haze_rgb: tuple = (205.0, 208.0, 214.0)
+    noise: float = 5.0
+    blur: float = 0.7
+
+    @property
+    def photometric(self) -> bool:
+        """True when brightness, colour balance, gamma or haze differ from the training rendering."""
+        return (self.brightness, tuple(self.gain), self.gamma, self.haze) != (1.0, (1.0, 1.0, 1.0), 1.0, 0.0)
+
+
+#: The training images' rendering.
+TRAIN_ACQUISITION = Acquisition()
+#: Another acquisition: what make_synthetic_data.py renders the test images with (unless --no_shift).
+SHIFTED = Acquisition(
+    scale=1.08,
+    class_prob=(0.40, 0.12, 0.20, 0.28),
+    brightness=0.88,
+    gain=(1.06, 1.0, 0.88),
+    gamma=1.12,
+    haze=0.14,
+    noise=6.5,
+    blur=0.9,
+)
 
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
@@ -81,13 +138,14 @@ class _Cells:
     roadside: np.ndarray  # bool: a road runs along this parcel's boundary
 
 
-def _cells(seed: int, r0: int, r1: int, c0: int, c1: int) -> _Cells:
+def _cells(seed: int, r0: int, r1: int, c0: int, c1: int, class_prob=CLASS_PROB) -> _Cells:
     r = np.arange(r0, r1)[:, None]
     c = np.arange(c0, c1)[None, :]
     u = lambda k: _uniform(seed, r, c, k).astype(np.float32)  # noqa: E731
     sy = (r + 0.15 + 0.7 * u(0)) * CELL
     sx = (c + 0.15 + 0.7 * u(1)) * CELL
-    cls = np.searchsorted(np.cumsum(CLASS_PROB), u(2)).clip(0, 3)
+    cum = np.cumsum(np.asarray(class_prob, np.float64))
+    cls = np.searchsorted(cum / cum[-1], u(2)).clip(0, 3)
     kind = np.floor(u(3) * 3).astype(np.int64)
     theta = u(4) * np.pi
     # row spacing (px) across rows, and plant spacing along them, by class
@@ -102,19 +160,22 @@ def _cells(seed: int, r0: int, r1: int, c0: int, c1: int) -> _Cells:
     return _Cells(r0, c0, sy, sx, cls, kind, theta, spacing, spacing2, cover, soil, veg, roadside)
 
 
-def _block(seed: int, height: int, width: int, y0: int, y1: int, holes: np.ndarray):
+def _block(seed: int, height: int, width: int, y0: int, y1: int, holes: np.ndarray,
+           acq: Acquisition = TRAIN_ACQUISITION):
     """Compute rows y0..y1 (may extend past the image; clipped by the caller).
 
     Returns ``rgb float32 [h, W, 3]``, ``label uint8 [h, W]``, ``valid bool [h, W]``.
     """
     h = y1 - y0
-    ys = np.arange(y0, y1, dtype=np.float32)[:, None]
-    xs = np.arange(width, dtype=np.float32)[None, :]
+    py = np.arange(y0, y1, dtype=np.float32)[:, None]  # pixel coordinates
+    px = np.arange(width, dtype=np.float32)[None, :]
+    # ground coordinates of the landscape (parcels, textures, roads): pixels / scale
+    ys, xs = (py, px) if acq.scale == 1.0 else (py / np.float32(acq.scale), px / np.float32(acq.scale))
     ci = np.floor(ys / CELL).astype(np.int64)
     cj = np.floor(xs / CELL).astype(np.int64)
     r0, r1 = int(ci.min()) - 1, int(ci.max()) + 2
     c0, c1 = -1, int(cj.max()) + 2
-    cells = _cells(seed, r0, r1, c0, c1)
+    cells = _cells(seed, r0, r1, c0, c1, acq.class_prob)
 
     nc = c1 - c0
     row_base = ((ci - r0) * nc).astype(np.int32)  # [h, 1]
@@ -163,16 +224,37 @@ def _block(seed: int, height: int, width: int, y0: int, y1: int, holes: np.ndarr
     label = np.where(road | field_edge, 0, cls).astype(np.uint8)
 
     # large-scale illumination
-    light = 1 + 0.08 * np.sin(2 * np.pi * xs / 1700.0 + seed % 7) * np.sin(2 * np.pi * ys / 2300.0 + seed % 5)
+    light = 1 + 0.08 * np.sin(2 * np.pi * px / 1700.0 + seed % 7) * np.sin(2 * np.pi * py / 2300.0 + seed % 5)
     rgb = rgb * light[..., None]
+    if acq.photometric:
+        rgb = _render(rgb, acq, seed, py, px)
 
-    # no-data: wobbly border and elliptical holes
-    valid = _valid(seed, height, width, ys, xs)
+    # no-data: wobbly border and elliptical holes (image-relative, in pixels)
+    valid = _valid(seed, height, width, py, px)
     for cy, cx, ry, rx in holes:
         if cy + ry < y0 or cy - ry > y1:
             continue
-        valid &= ((ys - cy) / ry) ** 2 + ((xs - cx) / rx) ** 2 > 1
+        valid &= ((py - cy) / ry) ** 2 + ((px - cx) / rx) ** 2 > 1
     return rgb.astype(np.float32), label, valid
+
+
+def _render(rgb: np.ndarray, acq: Acquisition, seed: int, py: np.ndarray, px: np.ndarray) -> np.ndarray:
+    """The acquisition's photometry on scene radiance ``rgb float [h, W, 3]`` (0..255 scale).
+
+    Colour balance and brightness (gains), then gamma, then haze whose strength varies smoothly with
+    the pixel position (``py [h, 1]``, ``px [1, W]``).
+    """
+    gain = np.float32(acq.brightness) * np.asarray(acq.gain, np.float32)
+    out = np.clip(rgb * gain / 255.0, 0.0, 1.0)
+    if acq.gamma != 1.0:
+        out = out ** np.float32(acq.gamma)
+    out = out * 255.0
+    if acq.haze > 0:
+        ph = _uniform(seed, np.arange(2), 91).astype(np.float32) * 2 * np.pi
+        field = 0.5 + 0.5 * np.sin(2 * np.pi * px / 2900.0 + ph[0]) * np.cos(2 * np.pi * py / 2100.0 + ph[1])
+        h = (np.float32(acq.haze) * (0.4 + 1.2 * field))[..., None]  # [h, W, 1], 0.4..1.6 x haze
+        out = out * (1 - h) + h * np.asarray(acq.haze_rgb, np.float32)
+    return out.astype(np.float32)
 
 
 def _valid(seed: int, height: int, width: int, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
@@ -196,28 +278,30 @@ def _holes(seed: int, height: int, width: int) -> np.ndarray:
     return np.concatenate([centres, radii], axis=1)
 
 
-def synthesize_rows(seed: int, height: int, width: int, y0: int, y1: int):
+def synthesize_rows(seed: int, height: int, width: int, y0: int, y1: int,
+                    acq: Acquisition = TRAIN_ACQUISITION):
     """Rows ``y0..y1`` of a synthetic image: ``rgba uint8 [h, W, 4]`` and ``label uint8 [h, W]``.
 
     Rows are computed in fixed blocks of :data:`BLOCK` rows with a halo, so any split gives the
-    same pixels.
+    same pixels. ``acq``: how the image is rendered (:class:`Acquisition`).
     """
     holes = _holes(seed, height, width)
     rgbas, labels = [], []
     b0 = (y0 // BLOCK) * BLOCK
     for b in range(b0, y1, BLOCK):
-        rgba, label = _block_rgba(seed, height, width, b, holes)
+        rgba, label = _block_rgba(seed, height, width, b, holes, acq)
         lo, hi = max(y0 - b, 0), min(y1 - b, BLOCK)
         rgbas.append(rgba[lo:hi])
         labels.append(label[lo:hi])
     return np.concatenate(rgbas), np.concatenate(labels)
 
 
-def _block_rgba(seed: int, height: int, width: int, b: int, holes: np.ndarray):
-    rgb, label, valid = _block(seed, height, width, b - HALO, b + BLOCK + HALO, holes)
+def _block_rgba(seed: int, height: int, width: int, b: int, holes: np.ndarray,
+                acq: Acquisition = TRAIN_ACQUISITION):
+    rgb, label, valid = _block(seed, height, width, b - HALO, b + BLOCK + HALO, holes, acq)
     rng = np.random.default_rng([seed, b])
-    rgb += rng.normal(0, 5.0, rgb.shape).astype(np.float32)
-    rgb = cv2.GaussianBlur(rgb, (0, 0), 0.7)[HALO:-HALO]
+    rgb += rng.normal(0, acq.noise, rgb.shape).astype(np.float32)
+    rgb = cv2.GaussianBlur(rgb, (0, 0), acq.blur)[HALO:-HALO]
     label, valid = label[HALO:-HALO], valid[HALO:-HALO]
     rgba = np.empty(rgb.shape[:2] + (4,), np.uint8)
     rgba[..., :3] = np.clip(rgb + 0.5, 0, 255).astype(np.uint8)
@@ -228,8 +312,9 @@ def _block_rgba(seed: int, height: int, width: int, b: int, holes: np.ndarray):
 
 
 def write_image(image_path, label_path, height: int, width: int, seed: int, progress: bool = True,
-                like=None) -> None:
-    """Stream one synthetic image and its label to files (RGBA and 8-bit gray; the format of the suffix).
+                like=None, acq: Acquisition = TRAIN_ACQUISITION) -> None:
+    """Stream one synthetic image and its label to files (RGBA and 8-bit gray; the format of the suffix),
+    rendered with ``acq``.
 
     Blocks are computed in this thread and compressed in a writer thread (zlib releases the GIL).
     Peak memory: a few blocks of ``BLOCK`` rows, whatever the size. ``like``: a
@@ -260,7 +345,7 @@ def write_image(image_path, label_path, height: int, width: int, seed: int, prog
     try:
         bar = progress_bar(total=height, desc=Path(image_path).stem, unit="row", disable=not progress, leave=False)
         for b in range(0, height, BLOCK):
-            rgba, label = _block_rgba(seed, height, width, b, holes)
+            rgba, label = _block_rgba(seed, height, width, b, holes, acq)
             n = min(BLOCK, height - b)
             q.put((rgba[:n], label[:n]))
             bar.update(n)

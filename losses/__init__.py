@@ -7,6 +7,7 @@ logits; :func:`build_loss` returns the criterion the training scripts call as
 """
 
 from .criterion import (
+    LABEL_SMOOTHING,
     LOSSES,
     CrossEntropyLoss,
     FocalLoss,
@@ -17,9 +18,13 @@ from .criterion import (
 )
 from .focal import focal_loss
 from .lovasz import lovasz_softmax
+from .smoothing import EdgeSmoothedLoss, edge_smoothing_targets
 
 __all__ = [
+    "LABEL_SMOOTHING",
     "LOSSES",
+    "EdgeSmoothedLoss",
+    "edge_smoothing_targets",
     "CrossEntropyLoss",
     "FocalLoss",
     "LovaszSoftmax",

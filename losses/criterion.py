@@ -10,8 +10,11 @@ from torch import nn
 
 from .focal import _as_float, focal_loss
 from .lovasz import lovasz_softmax
+from .smoothing import EdgeSmoothedLoss
 
 LOSSES = ("ce", "focal", "lovasz", "focal+lovasz")
+#: ``none``: hard labels; ``edge``: edge-aware label smoothing of the CE / focal term (:mod:`losses.smoothing`).
+LABEL_SMOOTHING = ("none", "edge")
 
 
 class CrossEntropyLoss(nn.Module):
@@ -107,7 +110,9 @@ class SegmentationCriterion(nn.Module):
         return self.loss(logits, target)
 
 
-def build_loss(name: str, aux_weight: float = 0.2, ignore_index: int = 255, gamma: float = 2.0) -> nn.Module:
+def build_loss(
+    name: str, aux_weight: float = 0.2, ignore_index: int = 255, gamma: float = 2.0, label_smoothing: str = "none"
+) -> nn.Module:
     """Training criterion by name: ``"ce"``, ``"focal"``, ``"lovasz"`` or ``"focal+lovasz"``.
 
     Args:
@@ -116,10 +121,21 @@ def build_loss(name: str, aux_weight: float = 0.2, ignore_index: int = 255, gamm
         aux_weight: weight of the auxiliary-head loss (the original used 0.1-0.2).
         ignore_index: target value excluded from every loss.
         gamma: focal-loss focusing parameter.
+        label_smoothing: ``"none"`` or ``"edge"``: the CE / focal term learns edge-smoothed soft
+            targets (:class:`losses.smoothing.EdgeSmoothedLoss`); Lovasz keeps the hard labels, so
+            ``lovasz`` alone cannot be smoothed (ValueError).
 
     Returns:
         :class:`SegmentationCriterion`, called as ``criterion(outputs, target) -> scalar``.
     """
+    if label_smoothing not in LABEL_SMOOTHING:
+        raise ValueError(f"unknown label smoothing {label_smoothing!r}; valid: {', '.join(LABEL_SMOOTHING)}")
+    if label_smoothing == "edge":
+        if name == "lovasz":
+            raise ValueError("label smoothing 'edge' needs a pixel loss (ce, focal or focal+lovasz), not lovasz alone")
+        pixel = EdgeSmoothedLoss(gamma=0.0 if name == "ce" else gamma, ignore_index=ignore_index)
+        loss = pixel if name != "focal+lovasz" else SumOfLosses(pixel, LovaszSoftmax(ignore_index=ignore_index))
+        return SegmentationCriterion(loss, aux_weight)
     if name == "ce":
         loss: nn.Module = CrossEntropyLoss(ignore_index)
     elif name == "focal":

@@ -107,5 +107,6 @@ def fake_checkpoints(monkeypatch, model=None) -> None:
     """Make predict.py load ``model`` (default: :func:`constant_model`) instead of a checkpoint."""
     model = model or constant_model()
     monkeypatch.setattr(checkpoint, "find_best", lambda folder: Path("fake_best.pth"))
-    monkeypatch.setattr(checkpoint, "load_model",
-                        lambda path, device="cpu": (model, {"model": "fake", "backbone": "none", "num_classes": 4}))
+    args = {"model": "fake", "backbone": "none", "num_classes": 4}
+    monkeypatch.setattr(checkpoint, "load_checkpoint", lambda path, map_location="cpu": {"args": args, "metrics": {}})
+    monkeypatch.setattr(checkpoint, "load_model", lambda path, device="cpu": (model, args))

@@ -531,6 +531,7 @@ def test_pipeline_quiet_reaches_every_step(tmp_path, monkeypatch):
 
     commands = []
     monkeypatch.setattr(run_pipeline, "run", commands.append)
+    monkeypatch.setattr(run_pipeline, "copy_atomic", lambda src, dst: None)  # no step ran: no map to copy
     args = run_pipeline.get_args_parser().parse_args(["--data_root", str(tmp_path), "--quiet", "--skip_training",
                                                       "--test_images", str(tmp_path / "t.png")])
     run_pipeline.main(args)

@@ -68,6 +68,7 @@ def test_geotiff_to_maps_and_polygons(tmp_path, monkeypatch):
     class FakeCheckpoint:
         find_best = staticmethod(lambda model_dir: "fake.pth")
         load_model = staticmethod(lambda path, device="cpu": (oracle, {"model": "oracle", "backbone": "none"}))
+        load_checkpoint = staticmethod(lambda path: {"args": {"model": "oracle", "backbone": "none"}, "metrics": {}})
 
     monkeypatch.setitem(sys.modules, "cropmap.checkpoint", FakeCheckpoint)
     for name in ("a", "b"):

@@ -191,7 +191,8 @@ def test_table_lists_classes_and_means():
     text = cm.table()
     lines = text.splitlines()
     assert "1 tobacco" in lines[2] and "0.3333" in lines[2]
-    assert "3 coix" in lines[4] and "n/a" in lines[4]
-    assert lines[-2].startswith("mIoU (1..3)") and f"{(1 / 3 + 0.5) / 2:.4f}" in lines[-2]
-    assert lines[-1].startswith("mIoU_all (0..3)") and f"{(0.5 + 1 / 3 + 0.5) / 3:.4f}" in lines[-1]
+    assert "3 coix" in lines[4] and "absent" in lines[4]  # no coix pixel in the labels: not measurable, not 0
+    assert lines[-3].startswith("mIoU (1..3)") and f"{(1 / 3 + 0.5) / 2:.4f}" in lines[-3]
+    assert lines[-2].startswith("mIoU_all (0..3)") and f"{(0.5 + 1 / 3 + 0.5) / 3:.4f}" in lines[-2]
+    assert lines[-1].startswith("absent: coix")
     assert "0 class0" in ConfusionMatrix(3).table() and class_names(3) == ["class0", "class1", "class2"]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -21,8 +24,15 @@ def test_pipeline_end_to_end(tmp_path):
         "--max_hole", "500",
     ])
     rows = run_pipeline.main(args)
-    stages = [r["stage"] for r in rows]
-    assert len(stages) == 7 and stages[-1].startswith("vote + fill_hole")
+    keys = [r["key"] for r in rows]
+    models = [m for m, *_ in run_pipeline.MODELS]
+    assert keys[:2] == ["plain", f"{models[0]}_notta"] and keys[2:5] == models and keys[5:8] == ["vote", "wvote", "wsoft"]
+    assert len(rows) == 12 and rows[-1]["stage"].startswith("final map")
+    candidates = [r for r in rows[:-1] if r["candidate"]]
+    # the final stage is the best candidate on validation; the best single model is one of the candidates
+    assert rows[-1]["val"] == max(r["val"] for r in candidates)
+    assert rows[-1]["val"] >= max(r["val"] for r in rows if r["key"] in models)
+    final_key = rows[-1]["key"]
 
     submit = root / "submit"
     tp, fp, fn = np.zeros(4, np.int64), np.zeros(4, np.int64), np.zeros(4, np.int64)
@@ -32,10 +42,14 @@ def test_pipeline_end_to_end(tmp_path):
         final = read_png(submit / f"{image}_predict.png")  # the contract's name for the final map
         assert final.shape == label.shape and final.dtype == np.uint8 and final.max() < 4
         assert (final[src[..., 3] == 0] == 0).all()
-        # the vote map is the per-pixel majority of the three models, ties to the most trusted (the first):
+        np.testing.assert_array_equal(final, read_png(submit / f"{image}_predict_{final_key}.png"))
+        # the equal vote is the per-pixel majority of the three models, ties to the most trusted (the first):
         # with three voters that is the second's class where the last two agree, else the first's
-        a, b, c = (read_png(submit / f"{image}_predict_{m}.png") for m, *_ in run_pipeline.MODELS)
+        a, b, c = (read_png(submit / f"{image}_predict_{m}.png") for m in models)
         np.testing.assert_array_equal(read_png(submit / f"{image}_predict_vote.png"), np.where(b == c, b, a))
+        # every model's map names its checkpoint and the checkpoint's validation IoU
+        side = json.loads((submit / f"{image}_predict_{models[0]}.json").read_text())
+        assert Path(side["checkpoint"]).exists() and len(side["val_iou"]) == 4
         valid = (src[..., 3] == 255) & (label != 255)
         for c in range(4):  # counted here pixel class by pixel class, without the pipeline's metric
             tp[c] += np.sum(valid & (final == c) & (label == c))
@@ -47,7 +61,13 @@ def test_pipeline_end_to_end(tmp_path):
     np.testing.assert_allclose(rows[-1]["iou"], iou, rtol=1e-12)
     crops = [iou[c] for c in (1, 2, 3) if union[c] > 0]
     assert rows[-1]["mIoU"] == pytest.approx(sum(crops) / len(crops), abs=1e-12)
+    assert rows[-1]["test"] == rows[-1]["mIoU"]
     assert rows[-1]["mIoU_all"] == pytest.approx(np.mean(iou[union > 0]), abs=1e-12)
+    # validation maps exist for every candidate, and never on the test images' pixels
+    assert (root / "val" / "submit" / f"image_1_predict_{final_key}.png").exists()
+    assert (root / "val" / SRC / "image_1_label.png").exists()
+    saved = json.loads((submit / "scores" / "pipeline.json").read_text())
+    assert saved["final"] == final_key and len(saved["stages"]) == len(rows)
     # every trained model left a checkpoint that loads without pickle
     for path in (root / "model").glob("*_best.pth"):
         ck = torch.load(path, weights_only=True)

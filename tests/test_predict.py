@@ -86,7 +86,7 @@ def test_oracle_reproduces_label(tmp_path, h, w, tile, stride):
     assert read_png(tmp_path / "p.png").shape[2] == 3
 
 
-@pytest.mark.parametrize("blend", ["gaussian", "none"])
+@pytest.mark.parametrize("blend", ["gaussian", "centre", "none"])
 def test_oracle_with_tta_and_workers(tmp_path, blend):
     source, label, alpha = make_source(tmp_path, 90, 120, seed=3)
     rows, folder = write_windows(tmp_path, source, 48, 40)
@@ -204,6 +204,11 @@ def test_predict_cli_end_to_end(tmp_path, monkeypatch):
         def load_model(path, device="cpu"):
             return oracle, {"model": "oracle", "backbone": "none"}
 
+        @staticmethod
+        def load_checkpoint(path):
+            return {"args": {"model": "oracle", "backbone": "none"}, "epoch": 2,
+                    "metrics": {"iou": [1.0, 0.9, 0.8, float("nan")], "mIoU": 0.85, "absent": [3]}}
+
     monkeypatch.setitem(__import__("sys").modules, "cropmap.checkpoint", FakeCheckpoint)
     monkeypatch.setattr(cropmap, "checkpoint", FakeCheckpoint, raising=False)
     args = predict.get_args_parser().parse_args(
@@ -215,3 +220,10 @@ def test_predict_cli_end_to_end(tmp_path, monkeypatch):
     np.testing.assert_array_equal(read_png(out), expected(label, alpha))
     assert (tmp_path / "submit" / "image_3_predict_oracle_preview.png").exists()
     assert (tmp_path / "submit" / "image_3_predict_oracle_prob3.png").exists()
+    # the sidecar names the checkpoint and its validation scores (vote.py --weights auto reads it)
+    import json
+
+    side = json.loads((tmp_path / "submit" / "image_3_predict_oracle.json").read_text())
+    assert side["checkpoint"].endswith("fake.pth") and side["val_iou"] == [1.0, 0.9, 0.8, None]
+    assert side["val_absent"] == [3] and side["val_mIoU"] == 0.85 and side["image"] == "image_3"
+    assert side["radiometry"] is None  # the checkpoint has no training statistics: the pixels are used as they are

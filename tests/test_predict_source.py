@@ -140,6 +140,10 @@ def fake_checkpoint(monkeypatch, model=oracle):
         def load_model(path, device="cpu"):
             return model, {"model": "oracle", "backbone": "none"}
 
+        @staticmethod
+        def load_checkpoint(path):
+            return {"args": {"model": "oracle", "backbone": "none"}, "metrics": {}}
+
     monkeypatch.setitem(sys.modules, "cropmap.checkpoint", FakeCheckpoint)
     monkeypatch.setattr(cropmap, "checkpoint", FakeCheckpoint, raising=False)
 
