@@ -98,8 +98,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--backbone", default="resnet18", help="DeepLabv3 backbone (default: resnet18)")
     p.add_argument("--unet_backbone", default="resnet34", help="U-Net encoder (default: resnet34)")
     p.add_argument("--device", type=device_name, default=None, help="torch device for training and prediction (default: cuda if available)")
-    p.add_argument("--tta", default="flip", choices=["none", "flip", "d4"],
-                   help="test-time augmentation of every model's maps (default: flip)")
+    p.add_argument("--tta", default="none", choices=["none", "flip", "d4"],
+                   help="test-time augmentation of every model's maps, those the votes use (default: none: on a CPU "
+                        "it triples the prediction time; --tta_check measures what it adds)")
+    p.add_argument("--tta_check", default="flip", choices=["none", "flip", "d4"],
+                   help="also predict the first model with this TTA, a candidate stage of its own, to show what TTA "
+                        "adds (default: flip; none, or the same as --tta: no such stage)")
     p.add_argument("--blend", default="gaussian", choices=["gaussian", "centre"],
                    help="how every model's windows are stitched (predict.py --blend) (default: gaussian)")
     p.add_argument("--weight_power", type=nonneg_float, default=1.0, help="vote.py --weight_power of the weighted votes (default: 1)")
@@ -233,6 +237,7 @@ def main(args: argparse.Namespace) -> list[dict]:
     # ---- every model's maps, on the validation images and the test images
     first = models[0][0]
     names = [m for m, *_ in models]
+    check_tta = args.tta_check not in ("none", args.tta)
     for split in (val, test):
         predict = ["predict.py", "--data_root", str(split.data_root), "--images", *map(str, split.sources),
                    "--output_dir", str(split.submit), *device, *q]
@@ -240,9 +245,9 @@ def main(args: argparse.Namespace) -> list[dict]:
         for name in names:
             run([*predict, "--checkpoint", str(checkpoints[name]), "--name", name, "--tta", args.tta,
                  "--blend", args.blend, "--save_probs", *preview])
-        if args.tta != "none":  # what TTA adds, on the first model
-            run([*predict, "--checkpoint", str(checkpoints[first]), "--name", f"{first}_notta", "--blend", args.blend,
-                 "--preview_size", "0"])
+        if check_tta:  # what TTA adds, on the first model
+            run([*predict, "--checkpoint", str(checkpoints[first]), "--name", f"{first}_tta", "--blend", args.blend,
+                 "--tta", args.tta_check, "--preview_size", "0"])
     run(["predict.py", "--data_root", str(plain_root), "--images", *map(str, test.sources), "--output_dir", str(test.submit),
          "--checkpoint", str(checkpoints[first]), "--blend", "none", "--name", "plain", "--preview_size", "0",
          *device, *q])
@@ -260,10 +265,10 @@ def main(args: argparse.Namespace) -> list[dict]:
         return row
 
     add("plain stitching (original's way), " + first, "plain", candidate=False, splits=(test,))
-    if args.tta != "none":
-        add(f"{first}, no TTA", f"{first}_notta", candidate=False)
     for name in names:
         add(f"{name} + TTA ({args.tta})" if args.tta != "none" else name, name)
+    if check_tta:
+        add(f"{first} + TTA ({args.tta_check})", f"{first}_tta")
     best_single = choose(rows)
     votes = [(f"vote of the {len(names)} models, equal weights", "vote", ["--weights", "equal"]),
              (f"weighted vote (--weights auto, power {args.weight_power:g})", "wvote",

@@ -30,8 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -41,7 +39,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 import numpy as np  # noqa: E402
 
-from cropmap.cli import InputError, nonneg_int, positive_int, run_cli, seed_int  # noqa: E402
+from cropmap.cli import nonneg_int, positive_int, run_cli, seed_int  # noqa: E402
 from cropmap.files import atomic_path  # noqa: E402
 from cropmap.layout import (DEFAULT_TEST_IMAGES, TEST_SOURCE_DIR, checkpoint_path, label_path, map_path,  # noqa: E402
                             model_dir, source_path, tiles_csv, train_dir, windows_dir)
@@ -70,13 +68,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 
 def run(cmd: list[str]) -> None:
-    shown = " ".join(shlex.quote(c) for c in cmd)
-    print(f"$ {shown}", flush=True)
-    t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, *cmd, "--quiet"], cwd=ROOT, stdout=subprocess.DEVNULL)
-    if proc.returncode:
-        raise InputError(f"step failed (exit {proc.returncode}): {shown}")
-    print(f"  ({time.perf_counter() - t0:.0f} s)", flush=True)
+    """One step, as run_pipeline.py runs them (printed, stopped on failure), without progress bars."""
+    from run_pipeline import run as run_step
+
+    run_step([*cmd, "--quiet"])
 
 
 def score(maps: dict[str, Path], sources: dict[str, Path]) -> np.ndarray:

@@ -26,7 +26,8 @@ def test_pipeline_end_to_end(tmp_path):
     rows = run_pipeline.main(args)
     keys = [r["key"] for r in rows]
     models = [m for m, *_ in run_pipeline.MODELS]
-    assert keys[:2] == ["plain", f"{models[0]}_notta"] and keys[2:5] == models and keys[5:8] == ["vote", "wvote", "wsoft"]
+    assert keys[0] == "plain" and keys[1:4] == models and keys[4] == f"{models[0]}_tta"
+    assert keys[5:8] == ["vote", "wvote", "wsoft"]
     assert len(rows) == 12 and rows[-1]["stage"].startswith("final map")
     candidates = [r for r in rows[:-1] if r["candidate"]]
     # the final stage is the best candidate on validation; the best single model is one of the candidates
