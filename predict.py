@@ -86,11 +86,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--keep", type=positive_int, default=None,
                    help="with --blend centre: side of each window's central square that is kept; the test windows' "
                         "stride (generate_test_data.py --stride) makes the squares tile the image (default: half the window)")
-    p.add_argument("--radiometry", default="match", choices=["match", "none"],
+    p.add_argument("--radiometry", default="none", choices=["match", "none"],
                    help="match: map each image's colours through the per-channel gain and offset that give its valid "
                         "pixels the training tiles' mean and standard deviation (stored in the checkpoint), so a new "
-                        "acquisition (other illumination, colour balance, haze) looks like the training one; none: use "
-                        "the pixels as they are (default: match, when the checkpoint has the statistics)")
+                        "acquisition (other illumination, colour balance, haze) looks like the training one (not a "
+                        "default: see the README's figures); none: use the pixels as they are (default: none)")
     p.add_argument("--save_probs", action="store_true", help="also write per-class uint8 probabilities IMAGE_predict[_NAME]_prob{c}.png")
     p.add_argument("--preview_size", type=nonneg_int, default=2048, help="longest side of the colour preview; 0: no preview (default: 2048)")
     return p

@@ -289,6 +289,42 @@ def test_checkpoint_carries_training_tile_stats(tmp_path):
     np.testing.assert_allclose(stats["std"], pix.std(0), rtol=1e-9)
 
 
+def test_source_stats_and_matching_on_the_source_path(tmp_path):
+    """Statistics of a source image in strips (every row_step-th row of valid pixels), and the transform
+    applied to the windows read from the source before the model sees them."""
+    from cropmap.inference import predict_from_source
+    from cropmap.raster import read_png, write_png
+    from cropmap.radiometry import apply_affine, source_stats
+
+    rng = np.random.default_rng(1)
+    rgba = np.zeros((70, 90, 4), np.uint8)
+    rgba[..., 0] = rng.integers(200, 256, (70, 90))  # red dominates everywhere
+    rgba[..., 1:3] = rng.integers(0, 30, (70, 90, 2))
+    rgba[..., 3] = 255
+    rgba[:10, :20, 3] = 0  # no-data
+    write_png(tmp_path / "src.png", rgba)
+    valid = rgba[..., 3] == 255
+    for step in (1, 4):
+        rows = np.zeros(70, bool)
+        rows[::step] = True
+        px = rgba[..., :3][valid & rows[:, None]].astype(np.float64)
+        got = source_stats(tmp_path / "src.png", row_step=step)
+        assert got["pixels"] == len(px)
+        np.testing.assert_allclose(got["mean"], px.mean(0), rtol=1e-9)
+        np.testing.assert_allclose(got["std"], px.std(0), rtol=1e-9)
+
+    def model(x):  # class 1 + the channel with the largest normalised value (R -> 1, G -> 2, B -> 3)
+        return {"out": torch.cat([x[:, :1] * 0 - 100, x[:, :3]], dim=1)}
+
+    plain = predict_from_source(model, tmp_path / "src.png", tmp_path / "a.png", tile_size=32, progress=False)
+    dim_red = lambda b: apply_affine(b, np.array([0.02, 1, 1], np.float32), np.zeros(3, np.float32))  # noqa: E731
+    matched = predict_from_source(model, tmp_path / "src.png", tmp_path / "b.png", tile_size=32, progress=False,
+                                  transform=dim_red)
+    a, b = read_png(plain["map"]), read_png(matched["map"])
+    assert (a[valid] == 1).all() and (a[~valid] == 0).all()
+    assert (b[valid] > 1).all() and (b[~valid] == 0).all()  # red dimmed before the model: never class 1
+
+
 def test_tricks_bench_table_means_and_changes():
     """bench/tricks.py's table: per trick the mIoU of each seed, their mean and spread, the change against
     the baseline of the same seed, and the lowest crop IoU on test."""
