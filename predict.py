@@ -169,6 +169,9 @@ def _run(args, rank: int, world_size: int, device: torch.device) -> list[dict]:
         model = model.to(memory_format=torch.channels_last)  # the batches come channels_last
     summary = checkpoint_summary(checkpoint, state)
     train_stats = state.get("input_stats") if args.radiometry == "match" else None
+    if args.radiometry == "match" and not train_stats and rank == 0:
+        warn(f"{checkpoint}: no training statistics in the checkpoint (trained before they were kept): "
+             "--radiometry match is skipped")
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     if rank == 0:
