@@ -161,10 +161,26 @@ def test_range_types():
     ("vote", ["--num_classes", "300"], "--num_classes"),
     ("make_synthetic_data", ["--size", "0"], "--size"),
     ("run_pipeline", ["--epochs", "0"], "--epochs"),
+    ("train", ["--color_jitter", "0.9"], "--color_jitter"),
+    ("train", ["--warmup_iters", "-5"], "--warmup_iters"),
+    ("train", ["--label_smoothing", "soft"], "--label_smoothing"),
+    ("predict", ["--keep", "0"], "--keep"),
+    ("predict", ["--radiometry", "auto"], "--radiometry"),
+    ("fill_hole", ["--radius", "-1"], "--radius"),
+    ("vote", ["--weight_power", "-1"], "--weight_power"),
+    ("make_synthetic_data", ["--class_prob", "1,2"], "--class_prob"),
 ])
 def test_flag_out_of_range_is_refused_at_parse_time(module, argv, flag, capfd):
     rc, _, err = run_script(module, argv, capfd)
     assert_parse_error(rc, err, flag)
+
+
+def test_flags_that_do_not_go_together_are_refused_before_any_work(tmp_path, capfd):
+    rc, _, err = run_script("train", ["--train", "--data_root", str(tmp_path / "none"), "--loss", "lovasz",
+                                      "--label_smoothing", "edge"], capfd)
+    assert_one_error(rc, err, "--label_smoothing edge", "lovasz")
+    rc, _, err = run_script("predict", ["--data_root", str(tmp_path / "none"), "--keep", "64"], capfd)
+    assert_one_error(rc, err, "--keep 64", "--blend centre")
 
 
 def test_batch_size_one_is_refused_before_any_work(tiles, tmp_path, capfd):
