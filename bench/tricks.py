@@ -23,6 +23,8 @@ acquisition by default (``make_synthetic_data.py``), and on the validation image
 the training images' validation blocks). Prints one Markdown table: per trick the test mIoU of each seed,
 their mean and spread (max - min) and the change against the baseline of the same seed, and the same for
 validation; writes it with every confusion matrix to ``DATA_ROOT/bench_tricks/tricks.json``.
+Last, the baseline models predict image_3/image_4 rendered like the training images (``--no_shift``, in
+``DATA_ROOT/noshift``): the drop from the same acquisition to the shifted one.
 """
 
 from __future__ import annotations
@@ -64,6 +66,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--max_hole", type=nonneg_int, default=20000, help="fill_hole.py --method morph --max_hole (default: 20000)")
     p.add_argument("--threads", type=positive_int, default=2, help="CPU threads of each step (default: 2)")
     p.add_argument("--skip_training", action="store_true", help="reuse the checkpoints of an earlier run")
+    p.add_argument("--skip_same_acquisition", action="store_true",
+                   help="do not score the baseline models on the test images rendered like the training images")
     return p
 
 
@@ -153,10 +157,36 @@ def main(args: argparse.Namespace) -> dict:
 
     table = summarize(results, args.seeds)
     print("\n" + table)
+    if not args.skip_same_acquisition:
+        same = same_acquisition(root, out_dir, results, args, model, threads)
+        print("\nbaseline models on the test images rendered like the training images (--no_shift) vs the shifted "
+              f"ones: mIoU {', '.join(f'{v:.3f}' for v in same['same'])} (mean {np.mean(same['same']):.3f}) vs "
+              f"{', '.join(f'{v:.3f}' for v in same['shifted'])} (mean {np.mean(same['shifted']):.3f})")
     with atomic_path(out_dir / "tricks.json") as tmp:
         tmp.write_text(json.dumps({"model": args.model, "seeds": args.seeds, "confusion": results}, indent=1) + "\n")
     print(f"\n{(time.perf_counter() - t_start) / 60:.1f} min; confusion matrices in {out_dir / 'tricks.json'}")
     return results
+
+
+def same_acquisition(root: Path, out_dir: Path, results: dict, args, model: str, threads: list[str]) -> dict:
+    """The baseline models on image_3/image_4 rendered like the training images (``--no_shift``, written to
+    ``DATA_ROOT/noshift``), against their scores on the shifted rendering: what the new acquisition costs."""
+    same_root = root / "noshift"
+    images = list(DEFAULT_TEST_IMAGES)
+    if not source_path(same_root, TEST_SOURCE_DIR, images[-1]).exists():
+        run(["make_synthetic_data.py", "--data_root", str(same_root), "--no_shift", "--images", *images])
+    if not tiles_csv(windows_dir(same_root)).exists():
+        run(["generate_test_data.py", "--data_root", str(same_root), "--images", *images, "--tile_size", "256"])
+    srcs = {im: source_path(same_root, TEST_SOURCE_DIR, im) for im in images}
+    same = []
+    for seed in args.seeds:
+        exp = f"tricks_{args.model}_baseline_s{seed}"
+        ckpt = checkpoint_path(model_dir(root), {"model": model, "backbone": "resnet18", "exp": exp}, "best")
+        run(["predict.py", "--data_root", str(same_root), "--images", *images, "--checkpoint", str(ckpt),
+             "--output_dir", str(out_dir / "same"), "--name", exp, "--preview_size", "0", "--device", "cpu", *threads])
+        same.append(iou_from_confusion(score({im: map_path(out_dir / "same", im, exp) for im in images}, srcs))[1])
+    shifted = [iou_from_confusion(np.array(results["baseline"][s]["test"]))[1] for s in args.seeds]
+    return {"same": same, "shifted": shifted}
 
 
 def summarize(results: dict, seeds: list[int]) -> str:
