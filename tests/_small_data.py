@@ -103,10 +103,15 @@ def constant_model(num_classes: int = 4, favourite: int = 2):
     return model
 
 
-def fake_checkpoints(monkeypatch, model=None) -> None:
-    """Make predict.py load ``model`` (default: :func:`constant_model`) instead of a checkpoint."""
+def fake_checkpoints(monkeypatch, model=None, state: dict | None = None, path: str = "fake_best.pth") -> None:
+    """Make predict.py load ``model`` (default: :func:`constant_model`) instead of a checkpoint.
+
+    ``find_best`` names ``path``; ``load_checkpoint`` returns ``state`` (default: no metrics) with the
+    model's flags as ``args``.
+    """
     model = model or constant_model()
-    monkeypatch.setattr(checkpoint, "find_best", lambda folder: Path("fake_best.pth"))
+    monkeypatch.setattr(checkpoint, "find_best", lambda folder: Path(path))
     args = {"model": "fake", "backbone": "none", "num_classes": 4}
-    monkeypatch.setattr(checkpoint, "load_checkpoint", lambda path, map_location="cpu": {"args": args, "metrics": {}})
+    full = {"metrics": {}, **(state or {}), "args": args}
+    monkeypatch.setattr(checkpoint, "load_checkpoint", lambda path, map_location="cpu": full)
     monkeypatch.setattr(checkpoint, "load_model", lambda path, device="cpu": (model, args))

@@ -4,7 +4,6 @@ Every map must be a COG with the source's CRS, transform and size, so that it li
 
 from __future__ import annotations
 
-import sys
 
 import numpy as np
 import pytest
@@ -18,6 +17,7 @@ import predict
 import score
 import vote
 from _cog import cog_problems
+from _small_data import fake_checkpoints
 from cropmap.cli import InputError
 from cropmap.layout import TEST_SOURCE_DIR
 from cropmap.raster import iter_strips, raster_info
@@ -65,12 +65,7 @@ def test_geotiff_to_maps_and_polygons(tmp_path, monkeypatch):
     generate_test_data.main(generate_test_data.get_args_parser().parse_args(
         ["--data_root", str(root), "--images", "image_3", "--tile_size", "32", "--stride", "24", "--quiet"]))
 
-    class FakeCheckpoint:
-        find_best = staticmethod(lambda model_dir: "fake.pth")
-        load_model = staticmethod(lambda path, device="cpu": (oracle, {"model": "oracle", "backbone": "none"}))
-        load_checkpoint = staticmethod(lambda path: {"args": {"model": "oracle", "backbone": "none"}, "metrics": {}})
-
-    monkeypatch.setitem(sys.modules, "cropmap.checkpoint", FakeCheckpoint)
+    fake_checkpoints(monkeypatch, oracle, path="fake.pth")
     for name in ("a", "b"):
         predict.main(predict.get_args_parser().parse_args(
             ["--data_root", str(root), "--name", name, "--workers", "0", "--quiet", "--save_probs"]

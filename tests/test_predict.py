@@ -15,6 +15,8 @@ from cropmap.layout import prob_paths, window_folder
 from cropmap.stitch import BandStitcher, PreviewCanvas, weight_window
 from cropmap.tiling import iter_tiles
 
+from _small_data import fake_checkpoints
+
 NUM_CLASSES = 4
 STEP = 60  # the source's red channel is label * STEP, so an oracle can read the label back
 
@@ -190,27 +192,12 @@ def test_missing_window_is_an_input_error(tmp_path):
 def test_predict_cli_end_to_end(tmp_path, monkeypatch):
     """predict.main with a checkpoint-loading stub replaced by the oracle: writes the contract's file names."""
     import predict
-    import cropmap
 
     source, label, alpha = make_source(tmp_path, 80, 100)
     write_windows(tmp_path, source, 32, 24)
 
-    class FakeCheckpoint:
-        @staticmethod
-        def find_best(model_dir):
-            return "fake.pth"
-
-        @staticmethod
-        def load_model(path, device="cpu"):
-            return oracle, {"model": "oracle", "backbone": "none"}
-
-        @staticmethod
-        def load_checkpoint(path):
-            return {"args": {"model": "oracle", "backbone": "none"}, "epoch": 2,
-                    "metrics": {"iou": [1.0, 0.9, 0.8, float("nan")], "mIoU": 0.85, "absent": [3]}}
-
-    monkeypatch.setitem(__import__("sys").modules, "cropmap.checkpoint", FakeCheckpoint)
-    monkeypatch.setattr(cropmap, "checkpoint", FakeCheckpoint, raising=False)
+    fake_checkpoints(monkeypatch, oracle, path="fake.pth", state={
+        "epoch": 2, "metrics": {"iou": [1.0, 0.9, 0.8, float("nan")], "mIoU": 0.85, "absent": [3]}})
     args = predict.get_args_parser().parse_args(
         ["--data_root", str(tmp_path), "--images", "image_3", "--name", "oracle", "--workers", "0", "--quiet", "--save_probs",
          "--device", "cpu"]

@@ -17,6 +17,7 @@ from cropmap.layout import TEST_SOURCE_DIR, prob_paths
 from cropmap.raster import read_png, write_png
 from cropmap.tiling import grid_positions
 from cropmap.windows import batch_bounds, group_rows, share_groups
+from _small_data import fake_checkpoints
 from test_predict import NUM_CLASSES, expected, make_source, oracle, write_windows
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -129,23 +130,7 @@ def test_corrupt_source_is_an_input_error(tmp_path):
 
 
 def fake_checkpoint(monkeypatch, model=oracle):
-    import cropmap
-
-    class FakeCheckpoint:
-        @staticmethod
-        def find_best(model_dir):
-            return "fake.pth"
-
-        @staticmethod
-        def load_model(path, device="cpu"):
-            return model, {"model": "oracle", "backbone": "none"}
-
-        @staticmethod
-        def load_checkpoint(path):
-            return {"args": {"model": "oracle", "backbone": "none"}, "metrics": {}}
-
-    monkeypatch.setitem(sys.modules, "cropmap.checkpoint", FakeCheckpoint)
-    monkeypatch.setattr(cropmap, "checkpoint", FakeCheckpoint, raising=False)
+    fake_checkpoints(monkeypatch, model, path="fake.pth")
 
 
 def test_predict_cli_reads_the_source_without_windows(tmp_path, monkeypatch, capsys):
