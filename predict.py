@@ -159,8 +159,8 @@ def _run(args, rank: int, world_size: int, device: torch.device) -> list[dict]:
 
     jobs = plan(args)
     checkpoint = args.checkpoint or find_best(model_dir(args.data_root))
-    model, ckpt_args = load_model(checkpoint, device=device)
-    state = load_checkpoint(checkpoint)  # its validation scores and input statistics, for the sidecar and --radiometry
+    state = load_checkpoint(checkpoint)  # read once: weights, validation scores (sidecar), input statistics
+    model, ckpt_args = load_model(checkpoint, device=device, state=state)
     for job in jobs:
         tile = int(job["rows"][0]["size"]) if "rows" in job else args.tile_size
         if args.keep is not None and args.keep > tile:

@@ -139,7 +139,7 @@ def _has_aux(state_dict: dict) -> bool:
     return any(k.startswith(("aux_classifier.", "aux_head.")) for k in state_dict)
 
 
-def load_model(path: str | os.PathLike, device="cpu", aux: bool = False) -> tuple[nn.Module, dict]:
+def load_model(path: str | os.PathLike, device="cpu", aux: bool = False, state: dict | None = None) -> tuple[nn.Module, dict]:
     """Rebuild a checkpoint's model from its saved flags and load its weights.
 
     Args:
@@ -147,6 +147,7 @@ def load_model(path: str | os.PathLike, device="cpu", aux: bool = False) -> tupl
         device: where to put the model.
         aux: keep the auxiliary head (if the checkpoint has one); off by default, since prediction
             only needs ``"out"``.
+        state: the checkpoint already read by :func:`load_checkpoint` (it is not read again); default: read ``path``.
 
     Returns:
         ``(model in eval mode on device, args dict)``; ``model(x float32 [B, 3, H, W])`` returns
@@ -157,7 +158,7 @@ def load_model(path: str | os.PathLike, device="cpu", aux: bool = False) -> tupl
     """
     from models import build_model
 
-    state = load_checkpoint(path)
+    state = load_checkpoint(path) if state is None else state
     args = state["args"]
     weights = state["model"]
     keep_aux = aux and _has_aux(weights)

@@ -113,11 +113,12 @@ def test_predict_uses_the_same_rule(monkeypatch, tmp_path):
     cuda = FakeCuda(monkeypatch)
     seen = []
 
-    def load_model(path, device="cpu", aux=False):
+    def load_model(path, device="cpu", aux=False, state=None):
         seen.append(torch.device(device))
         raise Stop
 
     monkeypatch.setattr(ckpt, "load_model", load_model)
+    monkeypatch.setattr(ckpt, "load_checkpoint", lambda path, map_location="cpu": {"args": {}})
     (tmp_path / "test").mkdir()  # predict.py checks its windows' index before it loads the model
     (tmp_path / "test" / "tiles.csv").write_text(
         "name,image,y,x,size,valid_pixels,height,width\n"
