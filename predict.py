@@ -86,11 +86,13 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--keep", type=positive_int, default=None,
                    help="with --blend centre: side of each window's central square that is kept; the test windows' "
                         "stride (generate_test_data.py --stride) makes the squares tile the image (default: half the window)")
-    p.add_argument("--radiometry", default="none", choices=["match", "none"],
-                   help="match: map each image's colours through the per-channel gain and offset that give its valid "
-                        "pixels the training tiles' mean and standard deviation (stored in the checkpoint), so a new "
-                        "acquisition (other illumination, colour balance, haze) looks like the training one (not a "
-                        "default: see the README's figures); none: use the pixels as they are (default: none)")
+    p.add_argument("--radiometry", default="none", choices=["histogram", "match", "none"],
+                   help="bring a new acquisition's colours (other illumination, colour balance, tone curve, haze) to "
+                        "the training tiles' (their statistics are stored in the checkpoint) before the model sees "
+                        "them: histogram: map each channel of the image's valid pixels onto the training histogram; "
+                        "match: per-channel gain and offset giving the training mean and standard deviation; none: "
+                        "the pixels as they are. Both assume the image holds about the training images' mix of land "
+                        "cover (run_pipeline.py uses histogram; see the README's figures) (default: none)")
     p.add_argument("--save_probs", action="store_true", help="also write per-class uint8 probabilities IMAGE_predict[_NAME]_prob{c}.png")
     p.add_argument("--preview_size", type=nonneg_int, default=2048, help="longest side of the colour preview; 0: no preview (default: 2048)")
     return p
@@ -155,7 +157,7 @@ def main(args: argparse.Namespace) -> list[dict]:
 def _run(args, rank: int, world_size: int, device: torch.device) -> list[dict]:
     from cropmap.checkpoint import find_best, load_checkpoint, load_model
     from cropmap.ensemble import checkpoint_summary, write_sidecar
-    from cropmap.radiometry import apply_affine, match_affine, source_stats, window_stats
+    from cropmap.radiometry import apply_affine, apply_lut, match_affine, match_histogram, source_stats, window_stats
 
     jobs = plan(args)
     checkpoint = args.checkpoint or find_best(model_dir(args.data_root))
@@ -168,10 +170,12 @@ def _run(args, rank: int, world_size: int, device: torch.device) -> list[dict]:
     if isinstance(model, torch.nn.Module):
         model = model.to(memory_format=torch.channels_last)  # the batches come channels_last
     summary = checkpoint_summary(checkpoint, state)
-    train_stats = state.get("input_stats") if args.radiometry == "match" else None
-    if args.radiometry == "match" and not train_stats and rank == 0:
-        warn(f"{checkpoint}: no training statistics in the checkpoint (trained before they were kept): "
-             "--radiometry match is skipped")
+    train_stats = state.get("input_stats") if args.radiometry != "none" else None
+    if train_stats and args.radiometry == "histogram" and "hist" not in train_stats:
+        train_stats = None  # trained before the histograms were kept
+    if args.radiometry != "none" and not train_stats and rank == 0:
+        warn(f"{checkpoint}: no training statistics for --radiometry {args.radiometry} in the checkpoint (trained "
+             "before they were kept): the pixels are used as they are")
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     if rank == 0:
@@ -196,12 +200,22 @@ def _run(args, rank: int, world_size: int, device: torch.device) -> list[dict]:
                 stats = window_stats(job["folder"], job["rows"])
             else:
                 stats = source_stats(job["source"], progress=not args.quiet and share[0] == 0)
-            gain, offset = match_affine(stats, train_stats)
-            transform = partial(apply_affine, gain=gain, offset=offset)
-            radiometry = {"gain": [round(float(v), 4) for v in gain], "offset": [round(float(v), 2) for v in offset]}
-            if share[0] == 0:
-                print(f"{job['image']}: radiometric matching to the training tiles: gain {radiometry['gain']}, "
-                      f"offset {radiometry['offset']}", flush=True)
+            if not stats["pixels"]:
+                pass  # no valid pixel: nothing to match (the map is all 0)
+            elif args.radiometry == "histogram":
+                lut = match_histogram(stats, train_stats)
+                transform = partial(apply_lut, lut=lut)
+                radiometry = {"method": "histogram", "lut": lut.tolist()}
+                said = "histogram matching to the training tiles: levels 64/128/192 -> " + ", ".join(
+                    "/".join(str(int(v)) for v in lut[c, [64, 128, 192]]) for c in range(3)) + " (R, G, B)"
+            else:
+                gain, offset = match_affine(stats, train_stats)
+                transform = partial(apply_affine, gain=gain, offset=offset)
+                radiometry = {"method": "match", "gain": [round(float(v), 4) for v in gain],
+                              "offset": [round(float(v), 2) for v in offset]}
+                said = f"radiometric matching to the training tiles: gain {radiometry['gain']}, offset {radiometry['offset']}"
+            if share[0] == 0 and radiometry:
+                print(f"{job['image']}: {said}", flush=True)
         if "rows" in job:
             res = predict_image(model, job["rows"], job["folder"], out, workers=args.workers, like=job["like"],
                                 transform=transform, **common)

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from .augment import color_jitter
+from .augment import acquisition_jitter, color_jitter
 from .cli import InputError
 from .raster import IGNORE, read_png
 from .layout import tiles_csv, train_dir, train_tile_dirs
@@ -175,6 +175,9 @@ class TileDataset(Dataset):
         scale_range: range of the random scale.
         color_jitter: with ``augment``, amplitude of the colour jitter after the geometric steps
             (:func:`cropmap.augment.color_jitter`; labels and no-data untouched); 0 = off.
+        acquisition_jitter: with ``augment``, strength of the rendering as another acquisition (blur,
+            illumination, colour balance, gamma, haze, noise: :func:`cropmap.augment.acquisition_jitter`),
+            applied before the colour jitter; 0 = off.
 
     ``dataset[key]``: ``key`` is an index, or ``(index, crop_size, seed)`` as yielded by
     :class:`MultiScaleBatchSampler`. Returns ``(image float32 [3, h, w], label int64 [h, w])``.
@@ -190,9 +193,11 @@ class TileDataset(Dataset):
         crop_size: int = 512,
         scale_range: tuple[float, float] = (0.5, 2.0),
         color_jitter: float = 0.0,
+        acquisition_jitter: float = 0.0,
     ) -> None:
         self.image_dir, self.label_dir = train_tile_dirs(data_root)
         self.color_jitter = float(color_jitter)
+        self.acquisition_jitter = float(acquisition_jitter)
         self.rows = read_split(data_root, split, num_classes)
         self.num_classes = num_classes
         self.augment = augment
@@ -235,6 +240,8 @@ class TileDataset(Dataset):
             rng = np.random.default_rng(seed)
             image, label = random_scale_crop(image, label, int(crop), rng, self.scale_range)
             image, label = random_flip_rot90(image, label, rng)
+            if self.acquisition_jitter > 0:
+                image = acquisition_jitter(image, label != IGNORE, self.acquisition_jitter, rng)
             if self.color_jitter > 0:
                 image = color_jitter(image, label != IGNORE, self.color_jitter, rng)
         else:

@@ -177,7 +177,8 @@ def build_data(args: argparse.Namespace, scales: list[int], batch_sizes: list[in
     """The training tiles (augmented, sampled by :class:`MultiScaleBatchSampler`, optionally oversampled)
     and this process's share of the validation tiles, as loaders of :func:`~cropmap.data.collate` batches."""
     train_set = TileDataset(args.data_root, "train", args.num_classes, augment=True, crop_size=scales[0],
-                            scale_range=(args.scale_min, args.scale_max), color_jitter=args.color_jitter)
+                            scale_range=(args.scale_min, args.scale_max), color_jitter=args.color_jitter,
+                            acquisition_jitter=args.acquisition_jitter)
     val_set = TileDataset(args.data_root, "val", args.num_classes, augment=False)
     weights = None
     if args.oversample > 0:
@@ -732,6 +733,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                    help="rare-class oversampling power p: a class of pixel share f weighs f**-p (0: off, 1: balanced; default: 0)")
     g.add_argument("--color_jitter", type=ranged(float, 0, 0.5), default=0.0,
                    help="colour jitter amplitude of brightness/contrast/saturation/hue in training, 0 to 0.5, e.g. 0.08 "
+                        "(labels and no-data untouched; default: 0, off)")
+    g.add_argument("--acquisition_jitter", type=ranged(float, 0, 0.3), default=0.0,
+                   help="strength s of rendering each crop as another acquisition, 0 to 0.3, e.g. 0.15: blur sigma up "
+                        "to 6s px, illumination 1+-s, band gains 1+-s/2, gamma exp(+-s), haze up to s, noise up to 20s "
                         "(labels and no-data untouched; default: 0, off)")
     g.add_argument("--workers", type=nonneg_int, default=min(4, os.cpu_count() or 1),
                    help="data loading processes (default: min(4, CPU count))")

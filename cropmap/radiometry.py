@@ -3,11 +3,15 @@
 A test scene taken on another date (other illumination, colour balance, haze) differs from the training
 scenes by, to a first approximation, a per-channel gain and offset. Training computes the per-channel mean
 and standard deviation of the valid pixels of its training tiles (:func:`tile_stats`) and stores them in
-the checkpoint (``input_stats``); ``predict.py --radiometry match`` computes the same statistics over the
-valid pixels of each test image's windows (:func:`window_stats`) and maps the image's values through the
-per-channel affine transform that gives them the training mean and standard deviation
-(:func:`match_affine`, :func:`apply_affine`) before the model sees them. No-data pixels stay 0. On an image
-of the training acquisition the transform is close to the identity.
+the checkpoint (``input_stats``, with per-channel 256-level histograms); ``predict.py --radiometry``
+computes the same statistics over the valid pixels of each test image (its windows, :func:`window_stats`, or
+the source, :func:`source_stats`) and maps the image's values before the model sees them, either through
+the per-channel affine transform that gives them the training mean and standard deviation (``match``:
+:func:`match_affine`, :func:`apply_affine`) or through the per-channel look-up table that gives them the
+training histogram (``histogram``: :func:`match_histogram`, :func:`apply_lut`), which also undoes a change of
+the tone curve (gamma). No-data pixels stay 0. On an image of the training acquisition both transforms are
+close to the identity. Both assume that the new image holds about the same mix of land cover as the training
+images: on an image that is mostly one class, matching it to the training mix distorts it.
 
 Statistics are sums over ``float64`` pixel values of a bounded sample of tiles/windows (``max_tiles``,
 evenly spread), so their cost does not grow with the image size beyond that.
@@ -28,19 +32,24 @@ from .raster import IGNORE, check_image, iter_strips, read_png, strip_rows, vali
 
 
 class ChannelStats:
-    """Running per-channel sums over valid pixels: ``mean`` and ``std`` (``float64 [C]``)."""
+    """Running per-channel sums and 256-level histograms over valid pixels: ``mean``, ``std`` (``float64 [C]``)
+    and ``hist`` (``int64 [C, 256]``, of the values rounded to 0..255)."""
 
     def __init__(self, channels: int = 3):
         self.n = 0
         self.s = np.zeros(channels, np.float64)
         self.s2 = np.zeros(channels, np.float64)
+        self.hist = np.zeros((channels, 256), np.int64)
 
     def update(self, pixels: np.ndarray) -> None:
-        """Add ``pixels`` ``[N, C]`` (any numeric dtype)."""
+        """Add ``pixels`` ``[N, C]`` (any numeric dtype; the histogram counts them rounded to 0..255)."""
         x = pixels.astype(np.float64, copy=False)
         self.n += len(x)
         self.s += x.sum(0)
         self.s2 += np.square(x).sum(0)
+        levels = pixels if pixels.dtype == np.uint8 else np.clip(np.rint(x), 0, 255).astype(np.uint8)
+        for c in range(self.hist.shape[0]):
+            self.hist[c] += np.bincount(levels[:, c], minlength=256)
 
     @property
     def mean(self) -> np.ndarray:
@@ -51,8 +60,10 @@ class ChannelStats:
         return np.sqrt(np.maximum(self.s2 / max(self.n, 1) - np.square(self.mean), 0.0))
 
     def as_dict(self) -> dict:
-        """``{"mean": [...], "std": [...], "pixels": n}`` (plain floats, for checkpoints and JSON)."""
-        return {"mean": [float(v) for v in self.mean], "std": [float(v) for v in self.std], "pixels": int(self.n)}
+        """``{"mean": [...], "std": [...], "hist": [[...] * 256] * C, "pixels": n}`` (plain numbers, for
+        checkpoints and JSON)."""
+        return {"mean": [float(v) for v in self.mean], "std": [float(v) for v in self.std],
+                "hist": self.hist.tolist(), "pixels": int(self.n)}
 
 
 def _spread(n: int, k: int) -> list[int]:
@@ -113,6 +124,43 @@ def match_affine(source: dict, reference: dict, max_gain: float = 4.0) -> tuple[
     rm, rs = np.asarray(reference["mean"], np.float64), np.asarray(reference["std"], np.float64)
     gain = np.clip(rs / np.maximum(ss, 1e-6), 1 / max_gain, max_gain)
     return gain.astype(np.float32), (rm - gain * sm).astype(np.float32)
+
+
+def match_histogram(source: dict, reference: dict) -> np.ndarray:
+    """Per-channel look-up table ``uint8 [3, 256]`` that maps the source's value distribution onto the
+    reference's (histogram matching): a level whose share of the source's pixels at or below it is ``q``
+    goes to the reference level with the same share ``q`` (linear between levels). Monotone in each channel,
+    so it undoes any increasing per-channel change (gain, offset, gamma) of one image's colours; levels the
+    source does not use map by the same interpolation. Both dicts need ``"hist"`` (``[3][256]`` counts).
+
+    Raises:
+        ValueError: a histogram is missing or empty.
+    """
+    lut = np.zeros((3, 256), np.uint8)
+    levels = np.arange(256, dtype=np.float64)
+    for c in range(3):
+        hs = np.asarray(source.get("hist", [[]] * 3)[c], np.float64)
+        hr = np.asarray(reference.get("hist", [[]] * 3)[c], np.float64)
+        if hs.shape != (256,) or hr.shape != (256,) or hs.sum() <= 0 or hr.sum() <= 0:
+            raise ValueError("histogram matching needs 256-level histograms with pixels in both images")
+        # mid-rank quantiles: level v holds the pixels between cdf[v-1] and cdf[v]
+        qs = (np.cumsum(hs) - hs / 2) / hs.sum()
+        cr = (np.cumsum(hr) - hr / 2) / hr.sum()
+        used = hr > 0  # strictly increasing quantiles of the reference's used levels
+        lut[c] = np.clip(np.rint(np.interp(qs, cr[used], levels[used])), 0, 255).astype(np.uint8)
+    return lut
+
+
+def apply_lut(rgba: torch.Tensor, lut: np.ndarray) -> torch.Tensor:
+    """``uint8 [B, 4 or 3, H, W]`` windows with each RGB channel mapped through ``lut`` (``uint8 [3, 256]``);
+    alpha and no-data pixels (alpha != 255, which stay 0) untouched. Returns a new tensor."""
+    table = torch.as_tensor(lut, dtype=torch.uint8, device=rgba.device)
+    out = rgba.clone()
+    y = torch.stack([table[c][rgba[:, c].long()] for c in range(3)], 1)
+    if rgba.shape[1] == 4:
+        y = torch.where(valid_mask(rgba[:, 3:4]), y, rgba[:, :3])
+    out[:, :3] = y
+    return out
 
 
 def apply_affine(rgba: torch.Tensor, gain: np.ndarray, offset: np.ndarray) -> torch.Tensor:

@@ -162,6 +162,7 @@ def test_range_types():
     ("make_synthetic_data", ["--size", "0"], "--size"),
     ("run_pipeline", ["--epochs", "0"], "--epochs"),
     ("train", ["--color_jitter", "0.9"], "--color_jitter"),
+    ("train", ["--acquisition_jitter", "0.5"], "--acquisition_jitter"),
     ("train", ["--warmup_iters", "-5"], "--warmup_iters"),
     ("train", ["--label_smoothing", "soft"], "--label_smoothing"),
     ("predict", ["--keep", "0"], "--keep"),

@@ -179,6 +179,40 @@ def test_preview_nearest_subsampling():
     assert pv.labels[:2].all() and not pv.labels[2:].any()
 
 
+@pytest.mark.parametrize("where", ["windows", "source"])
+def test_histogram_radiometry_restores_the_training_rendering(tmp_path, monkeypatch, where):
+    """The test image is the training rendering through another tone curve and gain (red 180 -> 125): the
+    oracle misreads it as it is, and reads the label back exactly after --radiometry histogram, with the
+    training histograms from the checkpoint; the sidecar records the look-up table."""
+    import json
+
+    import predict
+    from cropmap.radiometry import ChannelStats
+
+    source, label, alpha = make_source(tmp_path, 80, 100)
+    train = read_png(source)
+    stats = ChannelStats()
+    stats.update(train[..., :3][alpha == 255])
+    shifted = train.copy()
+    x = train[..., :3].astype(np.float64) / 255
+    shifted[..., :3] = np.where(alpha[..., None] == 255, np.rint(255 * 0.8 * x ** 1.4), 0).astype(np.uint8)
+    write_png(source, shifted)
+    if where == "windows":
+        write_windows(tmp_path, source, 32, 24)
+    fake_checkpoints(monkeypatch, oracle, state={"input_stats": stats.as_dict()})
+    images = ["--images", "image_3"] if where == "windows" else ["--source", str(source)]
+    for radiometry in ("none", "histogram"):
+        args = predict.get_args_parser().parse_args(
+            ["--data_root", str(tmp_path), *images, "--name", radiometry, "--workers", "0", "--quiet",
+             "--device", "cpu", "--tile_size", "32", "--stride", "24", "--radiometry", radiometry])
+        predict.main(args)
+    got = read_png(tmp_path / "submit" / "image_3_predict_histogram.png")
+    np.testing.assert_array_equal(got, expected(label, alpha))
+    assert (read_png(tmp_path / "submit" / "image_3_predict_none.png") != expected(label, alpha)).mean() > 0.2
+    side = json.loads((tmp_path / "submit" / "image_3_predict_histogram.json").read_text())
+    assert side["radiometry"]["method"] == "histogram" and len(side["radiometry"]["lut"]) == 3
+
+
 def test_missing_window_is_an_input_error(tmp_path):
     source, _, _ = make_source(tmp_path, 64, 64)
     rows, folder = write_windows(tmp_path, source, 32, 32)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from cropmap import engine
-from cropmap.augment import color_jitter
+from cropmap.augment import acquisition_jitter, color_jitter
 from cropmap.data import TileDataset
 from cropmap.raster import IGNORE
 from cropmap.metrics import ConfusionMatrix, exclude_absent
@@ -66,10 +66,85 @@ def test_color_jitter_hue_rotates_colours():
     assert max(int(o[..., 1].max()) + int(o[..., 2].max()) for o in outs) > 20
 
 
+# ---- another acquisition ----------------------------------------------------------------------------
+
+
+def test_acquisition_jitter_changes_valid_pixels_only_and_zero_is_identity():
+    img, valid = _image()
+    out = acquisition_jitter(img, valid, 0.15, np.random.default_rng(3))
+    assert out.dtype == np.uint8 and out.shape == img.shape
+    assert (out[~valid] == 0).all()
+    assert np.abs(out[valid].astype(int) - img[valid].astype(int)).mean() > 1
+    rng = np.random.default_rng(5)
+    assert acquisition_jitter(img, valid, 0.0, rng) is img
+    assert rng.random() == np.random.default_rng(5).random()  # nothing drawn
+
+
+def test_acquisition_jitter_stays_within_its_ranges():
+    """A flat mid-grey patch: the result's mean lies between the darkest and the brightest rendering the
+    ranges allow (gains, gamma, haze at their ends; noise averages out over 4096 pixels)."""
+    s, x = 0.15, 0.5
+    lo = (x * (1 - s) * (1 - s / 2)) ** math.exp(s) * (1 - s) + s * 0.0  # darkest gain, gamma > 1, no haze
+    hi = max((x * (1 + s) * (1 + s / 2)) ** math.exp(-s), 0.94)  # brightest gain, gamma < 1; or the haze colour
+    img = np.full((64, 64, 3), round(255 * x), np.uint8)
+    valid = np.ones((64, 64), bool)
+    means = []
+    for seed in range(40):
+        out = acquisition_jitter(img, valid, s, np.random.default_rng(seed)).astype(np.float64) / 255
+        m = out.reshape(-1, 3).mean(0)
+        assert (m >= lo - 0.01).all() and (m <= hi + 0.01).all(), (seed, m, lo, hi)
+        means.append(m)
+    means = np.array(means)
+    assert np.ptp(means[:, 1]) > 0.1  # and it does vary that much between draws
+
+
+def test_acquisition_jitter_keeps_vegetation_green():
+    """No hue rotation: a green field stays green in every draw, where a colour jitter of hue 0.3 turns it."""
+    img = np.zeros((16, 16, 3), np.uint8)
+    img[...] = (60, 140, 50)
+    valid = np.ones((16, 16), bool)
+    for seed in range(50):
+        out = acquisition_jitter(img, valid, 0.3, np.random.default_rng(seed)).reshape(-1, 3).mean(0)
+        assert out[1] > out[0] + 10 and out[1] > out[2] + 10, (seed, out)
+    turned = [color_jitter(img, valid, 0.3, np.random.default_rng(s)).reshape(-1, 3).mean(0) for s in range(50)]
+    assert any(t[1] < max(t[0], t[2]) for t in turned)
+
+
+def test_acquisition_jitter_blurs_fine_rows():
+    """The blur: 2-px stripes lose far more contrast than 16-px stripes of the same two grey levels in some
+    draws (every other step acts on each pixel alone, so it would scale both contrasts alike)."""
+    cols = np.arange(64)
+    fine = np.where((cols // 1) % 2 == 0, 180, 60)
+    coarse = np.where((cols // 8) % 2 == 0, 180, 60)
+    img = np.zeros((64, 128, 3), np.uint8)
+    img[:, :64] = fine[None, :, None]
+    img[:, 64:] = coarse[None, :, None]
+    valid = np.ones(img.shape[:2], bool)
+
+    def contrast(a):  # amplitude of the column means (rows averaged: noise cancels)
+        prof = a.astype(np.float64).mean(axis=(0, 2))
+        return np.ptp(prof[8:56]), np.ptp(prof[72:120])
+
+    f0, c0 = contrast(img)
+    ratios = []
+    for seed in range(30):
+        f, c = contrast(acquisition_jitter(img, valid, 0.3, np.random.default_rng(seed)))
+        ratios.append((f / f0) / (c / c0))
+    assert min(ratios) < 0.3  # strong blur draws wipe the fine rows out
+    assert max(ratios) > 0.8  # weak ones keep them
+
+
 def test_dataset_jitter_keeps_labels_and_nodata(tmp_path):
     root = make_tiles(tmp_path, n_train=4, n_val=1)
     plain = TileDataset(root, "train", augment=True, crop_size=64, scale_range=(1, 1))
     jitter = TileDataset(root, "train", augment=True, crop_size=64, scale_range=(1, 1), color_jitter=0.08)
+    acquisition = TileDataset(root, "train", augment=True, crop_size=64, scale_range=(1, 1), acquisition_jitter=0.15)
+    for i in range(4):
+        key = (i, 64, 1234 + i)
+        (x0, y0), (x1, y1) = plain[key], acquisition[key]
+        assert torch.equal(y0, y1)
+        assert torch.equal(x0[:, y0 == IGNORE], x1[:, y0 == IGNORE])
+        assert not torch.equal(x0[:, y0 != IGNORE], x1[:, y0 != IGNORE])
     for i in range(4):
         key = (i, 64, 1234 + i)
         (x0, y0), (x1, y1) = plain[key], jitter[key]
@@ -273,6 +348,48 @@ def test_radiometric_matching_undoes_gain_and_offset(tmp_path):
     assert np.abs(out[:, valid, :3].astype(float) - ref[:, valid]).mean() < 1.5  # the reference rendering, up to rounding
 
 
+def test_histogram_matching_undoes_a_tone_curve_and_gains():
+    """A monotone change per channel (gain, gamma, offset) is undone to within one level, which an affine
+    match cannot do for a gamma; equal histograms give the identity; an empty histogram is refused."""
+    from cropmap.radiometry import ChannelStats, match_affine, match_histogram
+
+    rng = np.random.default_rng(2)
+    ref = rng.integers(10, 240, (20000, 3)).astype(np.uint8)
+    x = ref.astype(np.float64) / 255
+    shifted = np.clip(np.rint(255 * np.stack([0.9 * x[:, 0] ** 1.4, 0.7 * x[:, 1] + 0.2, x[:, 2] ** 0.6], 1)), 0, 255)
+    shifted = shifted.astype(np.uint8)
+    a, b = ChannelStats(), ChannelStats()
+    a.update(ref)
+    b.update(shifted)
+    assert b.hist.sum() == 3 * len(ref) and (b.hist[1] == np.bincount(shifted[:, 1], minlength=256)).all()
+    lut = match_histogram(b.as_dict(), a.as_dict())
+    back = np.stack([lut[c][shifted[:, c]] for c in range(3)], 1).astype(int)
+    assert np.abs(back - ref).mean() < 1.0 and np.abs(back - ref).max() <= 4  # a few levels merge under gamma
+    g, o = match_affine(b.as_dict(), a.as_dict())
+    affine = np.clip(np.rint(shifted * g + o), 0, 255)
+    assert np.abs(affine - ref).mean() > 3 * np.abs(back - ref).mean()
+    same = match_histogram(a.as_dict(), a.as_dict())
+    assert (np.abs(same[:, 10:240].astype(int) - np.arange(10, 240)) <= 0).all()
+    with pytest.raises(ValueError):
+        match_histogram({"hist": [[0] * 256] * 3}, a.as_dict())
+
+
+def test_apply_lut_leaves_nodata_alone():
+    from cropmap.radiometry import apply_lut
+
+    rgba = torch.zeros((2, 4, 5, 6), dtype=torch.uint8)
+    rgba[:, :3] = torch.randint(0, 256, (2, 3, 5, 6), dtype=torch.uint8)
+    rgba[:, 3] = 255
+    rgba[0, :, :2, :2] = 0  # no-data
+    lut = np.stack([255 - np.arange(256), np.arange(256) // 2, np.full(256, 7)]).astype(np.uint8)
+    out = apply_lut(rgba, lut)
+    valid = rgba[:, 3] == 255
+    for c in range(3):
+        want = torch.as_tensor(lut[c])[rgba[:, c].long()]
+        assert torch.equal(out[:, c][valid], want[valid])
+    assert (out[0, :, :2, :2] == 0).all() and torch.equal(out[:, 3], rgba[:, 3])
+
+
 def test_checkpoint_carries_training_tile_stats(tmp_path):
     root = make_tiles(tmp_path, n_train=8, n_val=2)
     args = engine.get_args_parser().parse_args(tiny_args(root, "--epochs", "1", "--iters_per_epoch", "1"))
@@ -287,6 +404,8 @@ def test_checkpoint_carries_training_tile_stats(tmp_path):
                           for r in rows])
     np.testing.assert_allclose(stats["mean"], pix.mean(0), rtol=1e-9)
     np.testing.assert_allclose(stats["std"], pix.std(0), rtol=1e-9)
+    for c in range(3):  # and the histograms that --radiometry histogram matches
+        assert stats["hist"][c] == np.bincount(pix[:, c], minlength=256).tolist()
 
 
 def test_source_stats_and_matching_on_the_source_path(tmp_path):
