@@ -1,0 +1,103 @@
+"""Which part of a new acquisition costs what: a model's test mIoU on image_3/image_4 rendered with one part
+of the shifted acquisition at a time.
+
+Run by hand from the repository root (about 1 minute per rendering and checkpoint on 2 CPU cores)::
+
+    python bench/shift.py --checkpoints data/model/deeplabv3_resnet18_demo_focal_best.pth
+    python bench/shift.py --checkpoints A.pth B.pth --radiometry none histogram
+
+The test images of the demo's synthetic set (same seeds, so the same fields) are rendered into
+``--work_dir`` five times (:mod:`cropmap.synthetic`): with the shifted acquisition's class mix only
+(``classmix``, otherwise the training rendering), plus its ground resolution (``scale``), plus its
+illumination, colour balance, tone curve and haze (``photo``), plus its blur and noise (``sensor``), and
+the whole shifted acquisition (``all``, what ``make_synthetic_data.py`` writes). Each checkpoint predicts
+every rendering from the source (``predict.py --source``, Gaussian blending, no TTA) with each
+``--radiometry`` mode, and each map is scored with the one metric. Prints a Markdown table of mIoU and the
+per-class IoU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench.tricks import run, score  # noqa: E402
+from cropmap import synthetic  # noqa: E402
+from cropmap.cli import positive_int, run_cli  # noqa: E402
+from cropmap.layout import TEST_SOURCE_DIR, label_path, map_path  # noqa: E402
+from cropmap.metrics import class_names, iou_from_confusion  # noqa: E402
+
+
+def renderings() -> dict[str, synthetic.Acquisition]:
+    """The shifted acquisition taken apart: name -> how image_3/image_4 are rendered."""
+    s = synthetic.SHIFTED
+    mix = dataclasses.replace(synthetic.TRAIN_ACQUISITION, class_prob=s.class_prob)
+    return {
+        "classmix": mix,
+        "scale": dataclasses.replace(mix, scale=s.scale),
+        "photo": dataclasses.replace(mix, brightness=s.brightness, gain=s.gain, gamma=s.gamma, haze=s.haze),
+        "sensor": dataclasses.replace(mix, noise=s.noise, blur=s.blur),
+        "all": s,
+    }
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Score checkpoints on the test images rendered with one part of the "
+                                            "new acquisition at a time.", add_help=add_help)
+    p.add_argument("--checkpoints", nargs="+", required=True, help="checkpoints (.pth) to score")
+    p.add_argument("--radiometry", nargs="+", default=["none", "histogram"], choices=["none", "match", "histogram"],
+                   help="predict.py --radiometry modes (default: none histogram)")
+    p.add_argument("--renderings", nargs="+", default=list(renderings()), choices=list(renderings()),
+                   help="which renderings (default: all five)")
+    p.add_argument("--size", type=positive_int, default=3000, help="longest image side, as the demo (default: 3000)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic set, as make_synthetic_data.py (default: 0)")
+    p.add_argument("--work_dir", default="data/bench_shift", help="where renderings and maps go (default: data/bench_shift)")
+    return p
+
+
+def main(args: argparse.Namespace) -> list[dict]:
+    t0 = time.perf_counter()
+    sizes = synthetic.image_sizes(args.size)
+    rows = []
+    for name in args.renderings:
+        acq = renderings()[name]
+        folder = Path(args.work_dir) / name / TEST_SOURCE_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        sources = {}
+        for image in synthetic.TEST_IMAGES:
+            path = folder / f"{image}.png"
+            if not path.exists():  # the seed rule of make_synthetic_data.py: the same fields as the demo's
+                h, w = sizes[image]
+                synthetic.write_image(path, label_path(path), h, w, seed=args.seed * 1000 + int(image.split("_")[-1]),
+                                      progress=False, acq=acq)
+            sources[image] = path
+        for ckpt in args.checkpoints:
+            for mode in args.radiometry:
+                tag = f"{Path(ckpt).stem}_{mode}"
+                out = Path(args.work_dir) / name / "maps"
+                for path in sources.values():
+                    run(["predict.py", "--source", str(path), "--checkpoint", ckpt, "--output_dir", str(out),
+                         "--name", tag, "--preview_size", "0", "--radiometry", mode])
+                iou, miou, _ = iou_from_confusion(score({im: map_path(out, im, tag) for im in sources}, sources))
+                rows.append({"rendering": name, "checkpoint": Path(ckpt).stem, "radiometry": mode, "mIoU": miou,
+                             "iou": iou})
+                print(f"  {name}, {Path(ckpt).stem}, radiometry {mode}: mIoU {miou:.3f}", flush=True)
+    names = class_names(4)
+    lines = ["| rendering | checkpoint | radiometry | mIoU | " + " | ".join(names) + " |",
+             "|---|---|---|---|" + "---|" * len(names)]
+    for r in rows:
+        lines.append(f"| {r['rendering']} | {r['checkpoint']} | {r['radiometry']} | {r['mIoU']:.3f} | "
+                     + " | ".join(f"{v:.3f}" for v in r["iou"]) + " |")
+    print("\n" + "\n".join(lines) + f"\n\n{(time.perf_counter() - t0) / 60:.1f} min")
+    return rows
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main, get_args_parser().parse_args()))
