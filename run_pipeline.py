@@ -197,6 +197,9 @@ def main(args: argparse.Namespace) -> list[dict]:
     for flag in ("crop_size", "unet_crop_size"):
         if getattr(args, flag) % 32:
             raise InputError(f"--{flag} {getattr(args, flag)} must be a multiple of 32")
+    if args.stride is not None and args.stride > args.tile_size:
+        raise InputError(f"--stride {args.stride} is larger than --tile_size {args.tile_size}: the test windows would "
+                         "leave gaps")
     if args.scale_min > args.scale_max:
         raise InputError(f"need --scale_min <= --scale_max, got {args.scale_min}, {args.scale_max}")
     q = ["--quiet"] if args.quiet else []

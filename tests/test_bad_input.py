@@ -556,3 +556,34 @@ def test_pipeline_quiet_reaches_every_step(tmp_path, monkeypatch):
     assert {"vote.py", "fill_hole.py", "predict.py", "generate_train_data.py"} <= scripts
     for c in commands:
         assert "--quiet" in c, c
+
+
+def test_pipeline_defaults_reach_the_steps(tmp_path, monkeypatch):
+    """The pipeline's small-budget defaults reach the scripts: AdamW at 1e-3 (0.03 with SGD), histogram
+    matching on every model's maps, test windows every 3/4 of their side; a stride wider than the windows
+    is refused before any step runs."""
+    import run_pipeline
+
+    def commands_of(*flags):
+        commands = []
+        monkeypatch.setattr(run_pipeline, "run", commands.append)
+        monkeypatch.setattr(run_pipeline, "copy_atomic", lambda src, dst: None)
+        args = run_pipeline.get_args_parser().parse_args(["--data_root", str(tmp_path), "--quiet",
+                                                          "--test_images", str(tmp_path / "t.png"), *flags])
+        run_pipeline.main(args)
+        return commands
+
+    def value(cmd, flag):
+        return cmd[cmd.index(flag) + 1]
+
+    commands = commands_of()
+    trains = [c for c in commands if "--train" in c]
+    assert len(trains) == 3 and all(value(c, "--optimizer") == "adamw" and value(c, "--base_lr") == "0.001" for c in trains)
+    predicts = [c for c in commands if c[0] == "predict.py"]
+    assert predicts and all(value(c, "--radiometry") == "histogram" for c in predicts)
+    windows = [c for c in commands if c[0] == "generate_test_data.py"]
+    assert [value(c, "--stride") for c in windows[:2]] == ["192", "192"]  # validation and test; plain: 256
+    sgd = [c for c in commands_of("--optimizer", "sgd", "--tile_size", "128") if "--train" in c]
+    assert all(value(c, "--base_lr") == "0.03" for c in sgd)
+    with pytest.raises(InputError, match="--stride 300"):
+        commands_of("--stride", "300")
