@@ -81,7 +81,7 @@ def acquisition_jitter(image: np.ndarray, valid: np.ndarray, strength: float, rn
 
     With ``x`` in [0, 1], in this order (one draw per call, uniform in the ranges given):
 
-    * optical blur: Gaussian, sigma in ``[0, 6 s]`` pixels (0.9 px at ``s = 0.15``);
+    * optical blur: Gaussian, sigma in ``[0, 6 s]`` pixels (0.9 px at ``s = 0.15``), over valid pixels only;
     * illumination and colour balance: ``x * b * g_c``, ``b`` in ``[1 - s, 1 + s]``, each band's
       ``g_c`` in ``[1 - s / 2, 1 + s / 2]``;
     * tone curve: ``x ** gamma``, ``log(gamma)`` in ``[-s, s]``;
@@ -107,8 +107,10 @@ def acquisition_jitter(image: np.ndarray, valid: np.ndarray, strength: float, rn
     gamma = float(np.exp(rng.uniform(-s, s)))
     haze = rng.uniform(_HAZE_LO, _HAZE_HI).astype(np.float32)
     x = image.astype(np.float32) * np.float32(1 / 255)
-    if sigma > 0.05:
-        x = cv2.GaussianBlur(x, (0, 0), sigma)
+    if sigma > 0.05:  # normalised: no-data (0) next to a field does not darken its blurred edge
+        weight = valid.astype(np.float32)
+        x = cv2.GaussianBlur(x * weight[..., None], (0, 0), sigma)
+        x /= np.maximum(cv2.GaussianBlur(weight, (0, 0), sigma), np.float32(1e-6))[..., None]
     x *= gains
     np.clip(x, 0, 1, out=x)
     x **= np.float32(gamma)

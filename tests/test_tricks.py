@@ -474,3 +474,15 @@ def test_tricks_bench_table_means_and_changes():
     assert jcells[3] == f"{(m1 - m0) / 2:+.3f}"  # seed 0 gains m1 - m0, seed 1 nothing
     v0, v1 = 0.5, (3 / 4 + 1 / 2 + 1 / 2) / 3
     assert jcells[5] == f"{(v1 - v0) / 2:+.3f}"
+
+
+def test_acquisition_jitter_blur_ignores_nodata():
+    """A flat field beside no-data keeps its level up to the border: the blur averages valid pixels only."""
+    img = np.zeros((32, 32, 3), np.uint8)
+    img[:, 16:] = 150
+    valid = np.zeros((32, 32), bool)
+    valid[:, 16:] = True
+    for seed in range(10):
+        out = acquisition_jitter(img, valid, 0.3, np.random.default_rng(seed)).astype(np.float64)
+        field = out[:, 16:].mean(axis=(0, 2))  # column means over rows and bands: noise averages out
+        assert np.ptp(field) < 4, (seed, field)  # the column at the border is as bright as the rest
