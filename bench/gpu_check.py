@@ -195,9 +195,10 @@ def plan(args: argparse.Namespace, work: Path) -> list[dict]:
     for name, script, checkpoint in [("ce", "train.py", "deeplabv3_resnet18_gpu_ce_best.pth"),
                                      ("focal", "train_focalloss.py", "deeplabv3_resnet18_gpu_focal_best.pth"),
                                      ("unet", "Unet_resnet34/train.py", "unet_resnet34_gpu_unet_best.pth")]:
-        steps.append(dict(name=f"predict {name}", needs=[script, "test windows"], expect=r"windows \(.*\) in",
+        steps.append(dict(name=f"predict {name}", needs=[script, "test windows"],
+                          expect=r"histogram matching to the training tiles(.|\n)*windows \(.*\) in",
                           cmd=[*step, "predict.py", "--data_root", str(work), "--checkpoint", str(model / checkpoint),
-                               "--name", name, "--device", args.device, *amp, "--tta", "flip",
+                               "--name", name, "--device", args.device, *amp, "--tta", "flip", "--radiometry", "histogram",
                                "--batch_size", str(args.predict_batch), "--workers", str(args.workers), "--quiet"]))
         predicted.append(f"predict {name}")
     steps += [
