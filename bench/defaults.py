@@ -12,10 +12,12 @@ model (DeepLabv3-ResNet18, focal + Lovasz, 6 epochs of 256-px crops, batch 8, lr
 setting and seed, each setting changing defaults of ``train.py``: learning-rate warm-up, class-balanced
 sampling, the auxiliary head's weight, the optimizer (AdamW at 1e-3 instead of SGD at 0.03), random rescaling
 of the crops (``--scale_min/--scale_max``) and the rendering of each crop as another acquisition
-(``--acquisition_jitter``). Each model predicts the set's shifted test images (Gaussian blending, no TTA) and
-is scored with the one metric; prints a Markdown table (test mIoU per seed, mean and spread, per-class IoU,
-the best validation mIoU of the run) and keeps every run's confusion matrix in ``DATA_ROOT/bench_defaults.json``
-(a later run adds to it). ``--data_root data`` runs the same on the demo's data.
+(``--acquisition_jitter``), and the input normalisation (``--input_norm window``: each crop and window
+standardised on its own; every other setting keeps the original's ImageNet normalisation). Each model
+predicts the set's shifted test images (Gaussian blending, no TTA) and is scored with the one metric;
+prints a Markdown table (test mIoU per seed, mean and spread, per-class IoU, the best validation mIoU of
+the run) and keeps every run's confusion matrix in ``DATA_ROOT/bench_defaults.json`` (a later run adds
+to it). ``--data_root data`` runs the same on the demo's data.
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ SETTINGS = {
     "adamw 1e-3 warmup 15": ["--optimizer", "adamw", "--base_lr", "0.001", "--warmup_iters", "15"],
     "adamw 1e-3 scale 0.85-1.15": ["--optimizer", "adamw", "--base_lr", "0.001", "--scale_min", "0.85", "--scale_max", "1.15"],
     "adamw 1e-3 acquisition 0.15": ["--optimizer", "adamw", "--base_lr", "0.001", "--acquisition_jitter", "0.15"],
+    "adamw 1e-3 window": ["--optimizer", "adamw", "--base_lr", "0.001", "--input_norm", "window"],
+    "sgd window": ["--input_norm", "window"],
     "adamw 1e-3 scale 0.85-1.15 acquisition 0.15": ["--optimizer", "adamw", "--base_lr", "0.001", "--scale_min", "0.85",
                                                     "--scale_max", "1.15", "--acquisition_jitter", "0.15"],
 }
@@ -98,7 +102,7 @@ def main(args: argparse.Namespace) -> dict:
                 run(["train_focalloss.py", "--train", "--data_root", str(root), "--exp", exp, "--backbone", "resnet18",
                      "--epochs", "6", "--save_every", "6", "--crop_size", "256", "--batch_size", "8", "--base_lr",
                      "0.03", "--scale_min", "1", "--scale_max", "1", "--workers", "1", "--seed", str(seed),
-                     "--device", "cpu", "--threads", "2", *SETTINGS[name]])
+                     "--device", "cpu", "--threads", "2", "--input_norm", "imagenet", *SETTINGS[name]])
             seconds = time.perf_counter() - t
             val = load_checkpoint(ckpt)["metrics"].get("mIoU")
             for mode in args.radiometry:

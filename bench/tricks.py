@@ -131,7 +131,8 @@ def main(args: argparse.Namespace) -> dict:
                 run([script, "--train", "--data_root", str(root), "--exp", exp, "--backbone", "resnet18",
                      "--epochs", str(args.epochs), "--save_every", str(args.epochs), "--crop_size", "256",
                      "--batch_size", "8", "--base_lr", "0.03", "--scale_min", "1", "--scale_max", "1",
-                     "--workers", "1", "--seed", str(seed), "--device", "cpu", *threads, *flags])
+                     "--workers", "1", "--seed", str(seed), "--device", "cpu", "--input_norm", "imagenet", *threads,
+                     *flags])
             variants = {trick: ["--radiometry", "none"]}
             if trick == "baseline":
                 variants.update({"radiometry match": ["--radiometry", "match"],

@@ -55,7 +55,7 @@ def plain_args(args) -> dict:
 #: Entries a checkpoint needs to resume training, beside ``model`` and ``args``.
 RESUME_KEYS = ("optimizer", "scheduler", "epoch", "rng")
 #: Flags that fix the model's shape: a resumed run must have the checkpoint's.
-MODEL_FLAGS = ("model", "backbone", "num_classes", "output_stride")
+MODEL_FLAGS = ("model", "backbone", "num_classes", "output_stride", "input_norm")
 
 
 def training_state(*, model: nn.Module, args, epoch: int, optimizer, metrics: dict, scheduler, scaler,

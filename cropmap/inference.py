@@ -209,6 +209,7 @@ def _predict(
     num_classes: int | None,
     total: int | None,
     transform: Callable | None = None,
+    input_norm: str = "imagenet",
 ) -> dict:
     """Run ``model`` over this process's share of ``groups`` and write the map (see the module docstring)."""
     device = torch.device(device)
@@ -225,7 +226,7 @@ def _predict(
     bar = progress_bar(total=total, desc=Path(map_path).name, unit="win", disable=not progress or rank > 0, leave=False)
     try:
         for ys, xs, rgba in batches(mine, preview):
-            x = normalize(rgba if transform is None else transform(rgba))
+            x = normalize(rgba if transform is None else transform(rgba), input_norm, valid_mask(rgba[:, 3]))
             probs = forward_probs(model, x, tta=tta, amp=amp, channels_last=channels_last)
             if probs.shape[1] != num_classes:
                 raise InputError(f"the model predicts {probs.shape[1]} classes, expected {num_classes}")
@@ -307,6 +308,7 @@ def predict_image(
     rank: int = 0,
     world_size: int = 1,
     transform: Callable | None = None,
+    input_norm: str = "imagenet",
 ) -> dict:
     """Predict one image from its pre-cut windows and stream the stitched map to ``map_path``.
 
@@ -328,6 +330,9 @@ def predict_image(
         transform: optional ``uint8 [B, 4, T, T] -> uint8 [B, 4, T, T]`` applied to each batch of windows on
             the device before the model (e.g. :func:`cropmap.radiometry.apply_affine`); the preview shows the
             windows as read.
+        input_norm: the input normalisation the model was trained with (:func:`cropmap.data.normalize`;
+            the checkpoint's ``args["input_norm"]``, ``imagenet`` when it has none); ``window`` standardises
+            each window over its valid pixels (alpha 255).
 
     Returns:
         ``{"map": path, "windows": n, "num_classes": C, "probs": [paths], "preview": path or None,
@@ -354,7 +359,8 @@ def predict_image(
                     amp=amp, channels_last=channels_last, blend=blend, blend_options=blend_options,
                     save_probs=save_probs, preview_path=preview_path, preview_size=preview_size, progress=progress,
                     rank=rank, world_size=world_size, num_classes=num_classes,
-                    total=len(rows) if world_size == 1 else None, transform=transform)
+                    total=len(rows) if world_size == 1 else None, transform=transform,
+                    input_norm=input_norm)
 
 
 def predict_from_source(
@@ -379,6 +385,7 @@ def predict_from_source(
     rank: int = 0,
     world_size: int = 1,
     transform: Callable | None = None,
+    input_norm: str = "imagenet",
 ) -> dict:
     """Predict one image straight from its source and stream the stitched map to ``map_path``.
 
@@ -401,4 +408,5 @@ def predict_from_source(
     return _predict(model, batches, groups, info.height, info.width, tile_size, map_path, like=info, device=device,
                     tta=tta, amp=amp, channels_last=channels_last, blend=blend, blend_options=blend_options,
                     save_probs=save_probs, preview_path=preview_path, preview_size=preview_size, progress=progress,
-                    rank=rank, world_size=world_size, num_classes=num_classes, total=None, transform=transform)
+                    rank=rank, world_size=world_size, num_classes=num_classes, total=None, transform=transform,
+                    input_norm=input_norm)

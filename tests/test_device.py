@@ -167,3 +167,17 @@ def test_prediction_and_evaluation_autocast_in_the_rule_dtype():
     loader = [(x, torch.zeros(2, 32, 32, dtype=torch.int64))]
     engine.evaluate(model, loader, "cpu", num_classes=4, amp_dtype=engine.amp_dtype(torch.device("cpu"), True))
     assert seen == [torch.bfloat16]
+
+
+def test_channels_last_rule_and_model():
+    """channels_last: on CUDA for every model; on the CPU for DeepLabv3 (faster there), not the U-Net (slower)."""
+    from _train_fixtures import tiny_args
+
+    cpu = torch.device("cpu")
+    assert engine.channels_last(cpu, "deeplabv3") and not engine.channels_last(cpu, "unet")
+    assert engine.channels_last(torch.device("cuda"), "unet") and engine.channels_last(torch.device("cuda", 1), "deeplabv3")
+    assert not engine.channels_last(torch.device("meta"), "deeplabv3")
+    args = engine.get_args_parser().parse_args(tiny_args("unused"))
+    model, net = engine.build_model(args, cpu)
+    w = model.backbone.conv1.weight  # [64, 3, 7, 7]
+    assert net is model and w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()

@@ -21,6 +21,7 @@ from _train_fixtures import make_tiles, tiny_args
 from cropmap import checkpoint as ckpt
 from cropmap import engine
 from cropmap.cli import InputError, run_cli
+from models import UNetResNet
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ["train", "train_focalloss", "train_swa", "train_multiscale", "Unet_resnet34.train"]
@@ -57,9 +58,28 @@ def run_script(module: str, root: Path, *extra: str, hooks=None):
 MEAN, STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
 
 
-def independent_confusion(model, root: Path, amp: bool = False) -> np.ndarray:
+def independent_input(image: np.ndarray, label: np.ndarray, input_norm: str) -> np.ndarray:
+    """The model input of a tile, ``float64 [H, W, 3]``, written out here in numpy: ImageNet mean and std, or
+    (``window``) each channel standardised over the tile's pixels that have a label or a colour."""
+    if input_norm == "imagenet":
+        return (image / 255 - MEAN) / STD
+    valid = (label != 255) | (image != 0).any(-1)
+    px = image[valid] / 255
+    out = (image / 255 - px.mean(0)) / (px.std(0) + 0.02)
+    out[~valid] = 0
+    return out
+
+
+def independent_confusion(model, root: Path, amp: bool = False, input_norm: str = "window",
+                          channels_last: bool | None = None) -> np.ndarray:
     """Confusion matrix (rows = label) of ``model`` on the val tiles of ``root``, computed without the
-    pipeline's reader, dataset, loader or metric: PIL, numpy, one tile at a time."""
+    pipeline's reader, dataset, loader, normalisation or metric: PIL, numpy, one tile at a time. The model
+    runs in the memory format training validates in (default: the engine's rule for its class), so that
+    convolution rounding cannot flip the near ties of an untrained model."""
+    if channels_last is None:
+        channels_last = engine.channels_last(torch.device("cpu"), "unet" if isinstance(model, UNetResNet) else "deeplabv3")
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=fmt)
     with open(root / "train" / "tiles.csv", newline="") as f:
         names = [r["name"] for r in csv.DictReader(f) if r["split"] == "val"]
     conf = np.zeros((4, 4), np.int64)
@@ -67,7 +87,8 @@ def independent_confusion(model, root: Path, amp: bool = False) -> np.ndarray:
     for name in names:
         image = np.asarray(Image.open(root / "train" / "data" / name).convert("RGB"), np.float64)
         label = np.asarray(Image.open(root / "train" / "label" / name)).astype(np.int64)
-        x = torch.from_numpy(((image / 255 - MEAN) / STD).transpose(2, 0, 1)[None].astype(np.float32))
+        x = torch.from_numpy(independent_input(image, label, input_norm).transpose(2, 0, 1)[None].astype(np.float32))
+        x = x.contiguous(memory_format=fmt)
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
             pred = model(x)["out"].float().argmax(1)[0].numpy()
         keep = label != 255
@@ -144,7 +165,7 @@ def test_each_script_end_to_end(tiles, tmp_path, probe):
         extra = ["--epochs", "1", "--iters_per_epoch", "2", "--crop_size", "32"]
         amp = module == "train_multiscale"
         if module == "train_swa":
-            extra += ["--swa_start", "1"]
+            extra += ["--swa_start", "1", "--input_norm", "imagenet"]  # the original's normalisation
         if module == "train_multiscale":
             extra += ["--scales", "64,32", "--batch_sizes", "2,4", "--amp"]  # bf16 autocast on the CPU
         if module == "Unet_resnet34.train":
@@ -172,7 +193,9 @@ def test_each_script_end_to_end(tiles, tmp_path, probe):
             assert state["args"]["scales"] == [64, 32]
         model, args = ckpt.load_model(best)
         assert not model.training and args["exp"] == "t"
-        assert_same_counts(state["metrics"], independent_confusion(model, root, amp=amp), tolerance=10 if amp else 2)
+        assert args["input_norm"] == ("imagenet" if module == "train_swa" else "window")
+        assert_same_counts(state["metrics"], independent_confusion(model, root, amp=amp, input_norm=args["input_norm"]),
+                           tolerance=10 if amp else 2)
         assert torch.equal(model.state_dict()["backbone.conv1.weight" if "deeplab" in name
                                               else "backbone.stem.0.weight"],
                            state["model"]["backbone.conv1.weight" if "deeplab" in name else "backbone.stem.0.weight"])
