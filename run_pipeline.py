@@ -122,11 +122,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                    help="also predict the first model with this TTA, a candidate stage of its own, to show what TTA "
                         "adds (default: none: on a CPU flips triple that model's prediction time; none, or the same "
                         "as --tta: no such stage)")
-    p.add_argument("--radiometry", default="histogram", choices=["histogram", "match", "none"],
-                   help="predict.py --radiometry of every model's maps, validation and test alike (default: histogram: "
-                        "each image's colours mapped onto the training tiles' histogram; on top of --input_norm window "
-                        "it changed the shifted test's mIoU by -0.007..+0.069, +0.012 on average over six models, see "
-                        "the README's figures)")
+    p.add_argument("--radiometry", default="none", choices=["histogram", "match", "none"],
+                   help="predict.py --radiometry of every model's maps, validation and test alike: histogram maps "
+                        "each image's colours onto the training tiles' histogram (default: none: with --input_norm "
+                        "window it changed the shifted test's mIoU by -0.007..+0.014, see the README's figures)")
     p.add_argument("--blend", default="gaussian", choices=["gaussian", "centre"],
                    help="how every model's windows are stitched (predict.py --blend) (default: gaussian)")
     p.add_argument("--weight_power", type=nonneg_float, default=1.0, help="vote.py --weight_power of the weighted votes (default: 1)")

@@ -21,7 +21,7 @@ def test_pipeline_end_to_end(tmp_path):
         "--synthetic", "--data_root", str(root), "--size", "700", "--tile_size", "128", "--epochs", "1",
         "--unet_epochs", "1", "--iters_per_epoch", "2", "--batch_size", "2", "--crop_size", "96",
         "--unet_crop_size", "64", "--threads", "1", "--device", "cpu", "--quiet",
-        "--max_hole", "500", "--tta_check", "flip",
+        "--max_hole", "500", "--tta_check", "flip", "--radiometry", "histogram",  # not the default: run it here too
     ])
     rows = run_pipeline.main(args)
     keys = [r["key"] for r in rows]
@@ -51,7 +51,7 @@ def test_pipeline_end_to_end(tmp_path):
         # every model's map names its checkpoint and the checkpoint's validation IoU
         side = json.loads((submit / f"{image}_predict_{models[0]}.json").read_text())
         assert Path(side["checkpoint"]).exists() and len(side["val_iou"]) == 4
-        # the maps were made with the pipeline's radiometric normalisation (histogram matching)
+        # the maps were made with the radiometric normalisation asked for (histogram matching)
         assert side["radiometry"]["method"] == "histogram" and len(side["radiometry"]["lut"]) == 3
         valid = (src[..., 3] == 255) & (label != 255)
         for c in range(4):  # counted here pixel class by pixel class, without the pipeline's metric
