@@ -156,7 +156,6 @@ def main(args: argparse.Namespace) -> list[dict]:
 
 def _run(args, rank: int, world_size: int, device: torch.device) -> list[dict]:
     from cropmap.checkpoint import find_best, load_checkpoint, load_model
-    from cropmap.data import LEGACY_INPUT_NORM
     from cropmap.ensemble import checkpoint_summary, write_sidecar
     from cropmap.radiometry import apply_affine, apply_lut, match_affine, match_histogram, source_stats, window_stats
 
@@ -181,7 +180,7 @@ def _run(args, rank: int, world_size: int, device: torch.device) -> list[dict]:
         torch.backends.cudnn.benchmark = True
     if rank == 0:
         print(f"checkpoint {checkpoint}: {ckpt_args.get('model')} / {ckpt_args.get('backbone')}, input normalisation "
-              f"{ckpt_args.get('input_norm', LEGACY_INPUT_NORM)}"
+              f"{ckpt_args['input_norm']}"
               + (f", {world_size} processes" if world_size > 1 else ""), flush=True)
     share = (rank, world_size)
     if world_size > 1 and len(jobs) >= world_size:  # whole images per process
@@ -195,7 +194,7 @@ def _run(args, rank: int, world_size: int, device: torch.device) -> list[dict]:
                       blend_options={"keep": args.keep}, save_probs=args.save_probs, preview_path=preview_path(out) if args.preview_size > 0 else None,
                       preview_size=max(args.preview_size, 1), progress=not args.quiet,
                       num_classes=int(num_classes) if num_classes else None, rank=share[0], world_size=share[1],
-                      input_norm=ckpt_args.get("input_norm", LEGACY_INPUT_NORM))
+                      input_norm=ckpt_args["input_norm"])
         start = time.perf_counter()
         transform, radiometry = None, None
         if train_stats:

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from .cli import InputError, short
+from .data import LEGACY_INPUT_NORM
 from .files import atomic_path
 
 def plain_args(args) -> dict:
@@ -56,6 +57,9 @@ def plain_args(args) -> dict:
 RESUME_KEYS = ("optimizer", "scheduler", "epoch", "rng")
 #: Flags that fix the model's shape: a resumed run must have the checkpoint's.
 MODEL_FLAGS = ("model", "backbone", "num_classes", "output_stride", "input_norm")
+#: Flags added since the first checkpoints, with the value those checkpoints were trained with: a checkpoint
+#: without one of them is read (:func:`load_model`) and resumed as if it said this.
+LEGACY_FLAGS = {"input_norm": LEGACY_INPUT_NORM}
 
 
 def training_state(*, model: nn.Module, args, epoch: int, optimizer, metrics: dict, scheduler, scaler,
@@ -150,8 +154,8 @@ def load_model(path: str | os.PathLike, device="cpu", aux: bool = False, state: 
         state: the checkpoint already read by :func:`load_checkpoint` (it is not read again); default: read ``path``.
 
     Returns:
-        ``(model in eval mode on device, args dict)``; ``model(x float32 [B, 3, H, W])`` returns
-        ``{"out": logits [B, num_classes, H, W]}``.
+        ``(model in eval mode on device, args dict with :data:`LEGACY_FLAGS` filled in)``;
+        ``model(x float32 [B, 3, H, W])`` returns ``{"out": logits [B, num_classes, H, W]}``.
 
     Raises:
         InputError: missing/corrupt file, or weights that do not fit the saved model flags.
@@ -176,7 +180,7 @@ def load_model(path: str | os.PathLike, device="cpu", aux: bool = False, state: 
         model.load_state_dict(weights)
     except (KeyError, ValueError, RuntimeError) as e:
         raise InputError(f"{path}: weights do not fit the saved model flags ({short(e)})") from None
-    return model.to(device).eval(), dict(args)
+    return model.to(device).eval(), {**LEGACY_FLAGS, **args}
 
 
 def find_best(model_dir: str | os.PathLike) -> Path:

@@ -45,8 +45,8 @@ from .cli import (ArgumentParser, InputError, add_hardware_args, nonneg_float, n
                   plain_flags, positive_float, positive_int, positive_int_list, progress as progress_bar, ranged,
                   seed_int, short, typed_flags)
 from .device import amp_dtype, local_rank, select_device
-from .data import (INPUT_NORMS, LEGACY_INPUT_NORM, MultiScaleBatchSampler, TileDataset, checked, collate,
-                   oversample_weights, shard_indices)
+from .data import (INPUT_NORMS, MultiScaleBatchSampler, TileDataset, checked, collate, oversample_weights,
+                   shard_indices)
 from .files import check_output_dir, copy_atomic
 from .hooks import Hook, SWAHook
 from .layout import checkpoint_path, model_dir, run_name
@@ -105,8 +105,6 @@ def check_args(args: argparse.Namespace) -> tuple[list[int], list[int]]:
 #: the optimisation, and is taken from the checkpoint (typed again, it must equal the checkpoint's).
 RESUME_MAY_CHANGE = ("epochs", "exp", "data_root", "val_every", "save_every", "workers", "device", "threads",
                      "amp", "sync_bn", "quiet")
-#: Flags added since the first checkpoints, with the value those were trained with.
-LEGACY_FLAGS = {"input_norm": LEGACY_INPUT_NORM}
 #: Flags never taken from a checkpoint: they say what this command does.
 _COMMAND_FLAGS = ("train", "resume", "checkpoint")
 
@@ -126,7 +124,7 @@ def restore_run_flags(args: argparse.Namespace) -> None:
     """
     if not (args.train and args.resume) or getattr(args, "_restored", False):
         return
-    saved = {**LEGACY_FLAGS, **ckpt.load_checkpoint(args.resume)["args"]}
+    saved = {**ckpt.LEGACY_FLAGS, **ckpt.load_checkpoint(args.resume)["args"]}
     current = plain_flags(args)
     typed = typed_flags(args)
     typed = set(current) if typed is None else typed
@@ -624,8 +622,7 @@ def evaluate_checkpoint(args: argparse.Namespace) -> dict:
     try:
         model, saved = ckpt.load_model(path, device=device)
         num_classes = int(saved.get("num_classes", args.num_classes))
-        val_set = TileDataset(args.data_root, "val", num_classes, augment=False,
-                              input_norm=saved.get("input_norm", LEGACY_INPUT_NORM))
+        val_set = TileDataset(args.data_root, "val", num_classes, augment=False, input_norm=saved["input_norm"])
         part = Subset(val_set, shard_indices(len(val_set), rank, world_size))
         loader = DataLoader(part, batch_size=max(1, args.batch_size), num_workers=args.workers, collate_fn=collate,
                             pin_memory=device.type == "cuda")

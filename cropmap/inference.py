@@ -226,11 +226,12 @@ def _predict(
     bar = progress_bar(total=total, desc=Path(map_path).name, unit="win", disable=not progress or rank > 0, leave=False)
     try:
         for ys, xs, rgba in batches(mine, preview):
-            x = normalize(rgba if transform is None else transform(rgba), input_norm, valid_mask(rgba[:, 3]))
+            valid = valid_mask(rgba[:, 3])
+            x = normalize(rgba if transform is None else transform(rgba), input_norm, valid)
             probs = forward_probs(model, x, tta=tta, amp=amp, channels_last=channels_last)
             if probs.shape[1] != num_classes:
                 raise InputError(f"the model predicts {probs.shape[1]} classes, expected {num_classes}")
-            stitcher.add_batch(ys, xs, probs, valid_mask(rgba[:, 3]))
+            stitcher.add_batch(ys, xs, probs, valid)
             windows += len(ys)
             bar.update(len(ys))
         stitcher.finish()

@@ -114,4 +114,6 @@ def fake_checkpoints(monkeypatch, model=None, state: dict | None = None, path: s
     args = {"model": "fake", "backbone": "none", "num_classes": 4}
     full = {"metrics": {}, **(state or {}), "args": args}
     monkeypatch.setattr(checkpoint, "load_checkpoint", lambda path, map_location="cpu": full)
-    monkeypatch.setattr(checkpoint, "load_model", lambda path, device="cpu", state=None: (model, args))
+    # like a checkpoint that does not name its input normalisation: the oracles read ImageNet-normalised values
+    monkeypatch.setattr(checkpoint, "load_model",
+                        lambda path, device="cpu", state=None: (model, {**checkpoint.LEGACY_FLAGS, **args}))
