@@ -93,6 +93,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         "match: per-channel gain and offset giving the training mean and standard deviation; none: "
                         "the pixels as they are. Both assume the image holds about the training images' mix of land "
                         "cover (run_pipeline.py uses histogram; see the README's figures) (default: none)")
+    p.add_argument("--adapt_bn", type=nonneg_int, default=0, metavar="N",
+                   help="adapt the model to each image before predicting it: re-estimate its BatchNorm statistics on "
+                        "about N of the image's windows spread over all of it (no labels, no weight changes; undoes "
+                        "much of what a new acquisition's blur, noise and contrast do to the features); 0: the "
+                        "training statistics (default: 0)")
     p.add_argument("--save_probs", action="store_true", help="also write per-class uint8 probabilities IMAGE_predict[_NAME]_prob{c}.png")
     p.add_argument("--preview_size", type=nonneg_int, default=2048, help="longest side of the colour preview; 0: no preview (default: 2048)")
     return p
@@ -194,7 +199,7 @@ def _run(args, rank: int, world_size: int, device: torch.device) -> list[dict]:
                       blend_options={"keep": args.keep}, save_probs=args.save_probs, preview_path=preview_path(out) if args.preview_size > 0 else None,
                       preview_size=max(args.preview_size, 1), progress=not args.quiet,
                       num_classes=int(num_classes) if num_classes else None, rank=share[0], world_size=share[1],
-                      input_norm=ckpt_args["input_norm"])
+                      input_norm=ckpt_args["input_norm"], adapt_windows=args.adapt_bn)
         start = time.perf_counter()
         transform, radiometry = None, None
         if train_stats:
@@ -227,13 +232,15 @@ def _run(args, rank: int, world_size: int, device: torch.device) -> list[dict]:
         if share[0] == 0:
             write_sidecar(out, {"map": out.name, "image": job["image"], **summary, "tta": args.tta,
                                 "blend": args.blend, "keep": args.keep, "radiometry": radiometry,
+                                "adapt_bn": res["adapted"],
                                 "num_classes": res["num_classes"]})
         took = time.perf_counter() - start
         if share[0] == 0:
             if res["windows"] == 0:
                 warn(f"{job['source']}: no valid pixel (alpha is 255 nowhere): its map is all zero")
             how = "pre-cut windows" if "rows" in job else f"source {job['source']}"
-            print(f"{job['image']}: {res['windows']} windows ({how}) in {took:.1f} s, "
+            adapted = f", BatchNorm adapted on {res['adapted']} windows" if res["adapted"] else ""
+            print(f"{job['image']}: {res['windows']} windows ({how}{adapted}) in {took:.1f} s, "
                   f"{job['pixels'] / 1e6 / max(took, 1e-9):.1f} Mpixel/s -> {res['map']}", flush=True)
         results.append(res)
     return results

@@ -127,6 +127,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         "each image's colours onto the training tiles' histogram (default: none: on top of --input_norm "
                         "window it changed the shifted test's mIoU by -0.036..+0.069 over nine models, +0.006 on "
                         "average, lowered validation and cost the demo a minute; see the README's figures)")
+    p.add_argument("--adapt_bn", type=nonneg_int, default=0, metavar="N",
+                   help="predict.py --adapt_bn of every model's maps, validation and test alike: BatchNorm statistics "
+                        "re-estimated on about N windows of each image (default: 0)")
     p.add_argument("--blend", default="gaussian", choices=["gaussian", "centre"],
                    help="how every model's windows are stitched (predict.py --blend) (default: gaussian)")
     p.add_argument("--weight_power", type=nonneg_float, default=1.0, help="vote.py --weight_power of the weighted votes (default: 1)")
@@ -273,12 +276,15 @@ def main(args: argparse.Namespace) -> list[dict]:
         preview = [] if split is test else ["--preview_size", "0"]
         for name in names:
             run([*predict, "--checkpoint", str(checkpoints[name]), "--name", name, "--tta", args.tta,
-                 "--blend", args.blend, "--radiometry", args.radiometry, "--save_probs", *preview])
+                 "--blend", args.blend, "--radiometry", args.radiometry, "--adapt_bn", str(args.adapt_bn),
+                 "--save_probs", *preview])
         if check_tta:  # what TTA adds, on the first model
             run([*predict, "--checkpoint", str(checkpoints[first]), "--name", f"{first}_tta", "--blend", args.blend,
-                 "--radiometry", args.radiometry, "--tta", args.tta_check, "--preview_size", "0"])
+                 "--radiometry", args.radiometry, "--adapt_bn", str(args.adapt_bn), "--tta", args.tta_check,
+                 "--preview_size", "0"])
     run(["predict.py", "--data_root", str(plain_root), "--images", *map(str, test.sources), "--output_dir", str(test.submit),
          "--checkpoint", str(checkpoints[first]), "--blend", "none", "--radiometry", args.radiometry, "--name", "plain",
+         "--adapt_bn", str(args.adapt_bn),
          "--preview_size", "0", *device, *q])
 
     # ---- ensembles, then clean-ups of the best map so far (chosen on validation)

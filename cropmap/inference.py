@@ -33,6 +33,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 import torch.distributed as dist
 
+from .adapt import adapt_batchnorm, batchnorm_layers, restore_batchnorm, sample_groups, save_batchnorm
 from .cli import InputError, progress as progress_bar
 from .data import normalize  # the one input normalisation
 from .device import amp_dtype
@@ -210,12 +211,75 @@ def _predict(
     total: int | None,
     transform: Callable | None = None,
     input_norm: str = "imagenet",
+    xs: Sequence[int] = (),
+    adapt_windows: int = 0,
 ) -> dict:
-    """Run ``model`` over this process's share of ``groups`` and write the map (see the module docstring)."""
+    """Run ``model`` over this process's share of ``groups`` and write the map (see the module docstring).
+
+    ``adapt_windows``: first adapt the model's BatchNorm statistics to about this many windows spread over
+    the whole image (``xs``: its window columns; :mod:`cropmap.adapt`); they are restored afterwards."""
     device = torch.device(device)
     keep_freed_memory()
     if num_classes is None:
         num_classes = num_classes_of(model, device, amp)
+    bn_state, adapted = None, 0
+    if adapt_windows > 0 and isinstance(model, torch.nn.Module) and batchnorm_layers(model):
+        sample, step = sample_groups([y for g in groups for y in g], len(xs), adapt_windows)
+        chosen = set(list(xs)[step // 2 :: step])
+
+        def sampled():
+            for _, bxs, rgba in batches(sample, None):
+                idx = [i for i, x in enumerate(bxs) if x in chosen]
+                if idx:
+                    yield rgba[idx]
+
+        bn_state = save_batchnorm(model)
+        try:
+            adapted = adapt_batchnorm(model, sampled(), input_norm, transform=transform, amp=amp,
+                                      channels_last=channels_last)
+        except BaseException:
+            restore_batchnorm(bn_state)
+            raise
+    try:
+        result = _predict_adapted(model, batches, groups, height, width, tile, map_path, like=like, device=device,
+                                  tta=tta, amp=amp, channels_last=channels_last, blend=blend,
+                                  blend_options=blend_options, save_probs=save_probs, preview_path=preview_path,
+                                  preview_size=preview_size, progress=progress, rank=rank, world_size=world_size,
+                                  num_classes=num_classes, total=total, transform=transform, input_norm=input_norm)
+    finally:
+        if bn_state is not None:
+            restore_batchnorm(bn_state)
+    result["adapted"] = adapted
+    return result
+
+
+def _predict_adapted(
+    model: Callable,
+    batches: Callable[[list, PreviewCanvas | None], Iterator[Batch]],
+    groups: list[list[int]],
+    height: int,
+    width: int,
+    tile: int,
+    map_path: str | os.PathLike,
+    *,
+    like: RasterInfo | None,
+    device: torch.device,
+    tta: str,
+    amp: bool,
+    channels_last: bool,
+    blend: str,
+    blend_options: dict | None,
+    save_probs: bool,
+    preview_path: str | os.PathLike | None,
+    preview_size: int,
+    progress: bool,
+    rank: int,
+    world_size: int,
+    num_classes: int,
+    total: int | None,
+    transform: Callable | None,
+    input_norm: str,
+) -> dict:
     mine, rows = share_groups(groups, tile, height, rank, world_size)
     preview = PreviewCanvas(height, width, preview_size) if preview_path else None
     outputs = MapOutputs(map_path, width, height, num_classes, save_probs, like, preview,
@@ -310,6 +374,7 @@ def predict_image(
     world_size: int = 1,
     transform: Callable | None = None,
     input_norm: str = "imagenet",
+    adapt_windows: int = 0,
 ) -> dict:
     """Predict one image from its pre-cut windows and stream the stitched map to ``map_path``.
 
@@ -334,10 +399,12 @@ def predict_image(
         input_norm: the input normalisation the model was trained with (:func:`cropmap.data.normalize`;
             the checkpoint's ``args["input_norm"]``, ``imagenet`` when it has none); ``window`` standardises
             each window over its valid pixels (alpha 255).
+        adapt_windows: first re-estimate the model's BatchNorm statistics on about this many of the image's
+            windows, spread over all of it (:mod:`cropmap.adapt`; 0: no adaptation); restored afterwards.
 
     Returns:
         ``{"map": path, "windows": n, "num_classes": C, "probs": [paths], "preview": path or None,
-        "rows": (start, stop) map rows this process computed}``.
+        "rows": (start, stop) map rows this process computed, "adapted": windows the statistics came from}``.
     Every file is written under a temporary name and renamed when complete.
     """
     height, width, tile = image_geometry(rows, Path(map_path).stem)
@@ -361,7 +428,7 @@ def predict_image(
                     save_probs=save_probs, preview_path=preview_path, preview_size=preview_size, progress=progress,
                     rank=rank, world_size=world_size, num_classes=num_classes,
                     total=len(rows) if world_size == 1 else None, transform=transform,
-                    input_norm=input_norm)
+                    input_norm=input_norm, xs=sorted({int(r["x"]) for r in rows}), adapt_windows=adapt_windows)
 
 
 def predict_from_source(
@@ -387,6 +454,7 @@ def predict_from_source(
     world_size: int = 1,
     transform: Callable | None = None,
     input_norm: str = "imagenet",
+    adapt_windows: int = 0,
 ) -> dict:
     """Predict one image straight from its source and stream the stitched map to ``map_path``.
 
@@ -410,4 +478,4 @@ def predict_from_source(
                     tta=tta, amp=amp, channels_last=channels_last, blend=blend, blend_options=blend_options,
                     save_probs=save_probs, preview_path=preview_path, preview_size=preview_size, progress=progress,
                     rank=rank, world_size=world_size, num_classes=num_classes, total=None, transform=transform,
-                    input_norm=input_norm)
+                    input_norm=input_norm, xs=xs, adapt_windows=adapt_windows)

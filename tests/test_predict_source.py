@@ -160,7 +160,7 @@ def test_predict_cli_reads_the_source_without_windows(tmp_path, monkeypatch, cap
 
 def test_torchrun_two_processes_write_the_same_maps(tmp_path):
     """predict.py under torchrun, 2 gloo processes: one image shared by rows, and two images one each; every
-    file byte for byte the single process's (a real DeepLabv3 checkpoint, random weights)."""
+    file byte for byte the single process's (a real DeepLabv3 checkpoint, random weights, BatchNorm adapted)."""
     from models import build_model
 
     root = tmp_path / "data"
@@ -176,7 +176,8 @@ def test_torchrun_two_processes_write_the_same_maps(tmp_path):
                            root / "model" / "t_best.pth")
     env = dict(os.environ, OMP_NUM_THREADS="1")
     common = ["--data_root", str(root), "--checkpoint", str(ckpt), "--tile_size", "64", "--stride", "32",
-              "--batch_size", "3", "--device", "cpu", "--threads", "1", "--quiet", "--save_probs"]
+              "--batch_size", "3", "--device", "cpu", "--threads", "1", "--quiet", "--save_probs",
+              "--adapt_bn", "6"]  # every process adapts BatchNorm to the same windows of the whole image
 
     def run(out, images, processes):
         launch = [sys.executable] + (["-m", "torch.distributed.run", "--standalone", "--nproc_per_node",

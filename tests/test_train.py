@@ -205,6 +205,8 @@ def test_each_script_end_to_end(tiles, tmp_path, probe):
         log = (root / "model" / name / "log.csv").read_text().splitlines()
         assert log[0].startswith("epoch,train_loss,val_loss,lr,lr_head,iou_other") and len(log) == 2
         assert (root / "model" / name / "curves.png").stat().st_size > 1000
+        for f in model_dir.glob("*.pth"):  # 130-220 MB each: the next script's take their place
+            f.unlink()
 
 
 class Recorder(engine.Hook):
