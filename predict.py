@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from cropmap.cli import InputError, add_hardware_args, add_map_args, nonneg_int, positive_int, run_cli, warn
+from cropmap.cli import InputError, add_hardware_args, add_map_args, fraction, nonneg_int, positive_int, run_cli, warn
 from cropmap.files import check_output_dir, check_output_file
 from cropmap.inference import TTA_MODES, assign_images, predict_from_source, predict_image
 from cropmap.layout import (TEST_SOURCE_DIR, map_path, map_suffix, model_dir, preview_path, source_path, submit_dir,
@@ -98,6 +98,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         "about N of the image's windows spread over all of it (no labels, no weight changes; undoes "
                         "much of what a new acquisition's blur, noise and contrast do to the features); 0: the "
                         "training statistics (default: 0)")
+    p.add_argument("--adapt_weight", type=fraction, default=1.0, metavar="W",
+                   help="with --adapt_bn: the image's share of the statistics, W x image + (1 - W) x training "
+                        "(default: 1: the image's alone)")
     p.add_argument("--save_probs", action="store_true", help="also write per-class uint8 probabilities IMAGE_predict[_NAME]_prob{c}.png")
     p.add_argument("--preview_size", type=nonneg_int, default=2048, help="longest side of the colour preview; 0: no preview (default: 2048)")
     return p
@@ -199,7 +202,8 @@ def _run(args, rank: int, world_size: int, device: torch.device) -> list[dict]:
                       blend_options={"keep": args.keep}, save_probs=args.save_probs, preview_path=preview_path(out) if args.preview_size > 0 else None,
                       preview_size=max(args.preview_size, 1), progress=not args.quiet,
                       num_classes=int(num_classes) if num_classes else None, rank=share[0], world_size=share[1],
-                      input_norm=ckpt_args["input_norm"], adapt_windows=args.adapt_bn)
+                      input_norm=ckpt_args["input_norm"], adapt_windows=args.adapt_bn,
+                      adapt_weight=args.adapt_weight)
         start = time.perf_counter()
         transform, radiometry = None, None
         if train_stats:
@@ -232,7 +236,7 @@ def _run(args, rank: int, world_size: int, device: torch.device) -> list[dict]:
         if share[0] == 0:
             write_sidecar(out, {"map": out.name, "image": job["image"], **summary, "tta": args.tta,
                                 "blend": args.blend, "keep": args.keep, "radiometry": radiometry,
-                                "adapt_bn": res["adapted"],
+                                "adapt_bn": res["adapted"], "adapt_weight": args.adapt_weight if res["adapted"] else None,
                                 "num_classes": res["num_classes"]})
         took = time.perf_counter() - start
         if share[0] == 0:

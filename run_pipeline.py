@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cropmap.cli import (InputError, device_name, warn, nonneg_float, nonneg_int, num_classes_int, positive_float,
+from cropmap.cli import (InputError, device_name, fraction, warn, nonneg_float, nonneg_int, num_classes_int, positive_float,
                          positive_int, run_cli, seed_int)
 from cropmap.files import atomic_path, check_output_dir, copy_atomic
 from cropmap.layout import (DEFAULT_TEST_IMAGES, DEFAULT_TRAIN_IMAGES, TEST_SOURCE_DIR,
@@ -130,6 +130,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--adapt_bn", type=nonneg_int, default=0, metavar="N",
                    help="predict.py --adapt_bn of every model's maps, validation and test alike: BatchNorm statistics "
                         "re-estimated on about N windows of each image (default: 0)")
+    p.add_argument("--adapt_weight", type=fraction, default=1.0, metavar="W",
+                   help="predict.py --adapt_weight: the image's share of the adapted statistics (default: 1)")
     p.add_argument("--blend", default="gaussian", choices=["gaussian", "centre"],
                    help="how every model's windows are stitched (predict.py --blend) (default: gaussian)")
     p.add_argument("--weight_power", type=nonneg_float, default=1.0, help="vote.py --weight_power of the weighted votes (default: 1)")
@@ -270,21 +272,22 @@ def main(args: argparse.Namespace) -> list[dict]:
     first = models[0][0]
     names = [m for m, *_ in models]
     check_tta = args.tta_check not in ("none", args.tta)
+    adapt = ["--adapt_bn", str(args.adapt_bn), "--adapt_weight", str(args.adapt_weight)]
     for split in (val, test):
         predict = ["predict.py", "--data_root", str(split.data_root), "--images", *map(str, split.sources),
                    "--output_dir", str(split.submit), *device, *q]
         preview = [] if split is test else ["--preview_size", "0"]
         for name in names:
             run([*predict, "--checkpoint", str(checkpoints[name]), "--name", name, "--tta", args.tta,
-                 "--blend", args.blend, "--radiometry", args.radiometry, "--adapt_bn", str(args.adapt_bn),
+                 "--blend", args.blend, "--radiometry", args.radiometry, *adapt,
                  "--save_probs", *preview])
         if check_tta:  # what TTA adds, on the first model
             run([*predict, "--checkpoint", str(checkpoints[first]), "--name", f"{first}_tta", "--blend", args.blend,
-                 "--radiometry", args.radiometry, "--adapt_bn", str(args.adapt_bn), "--tta", args.tta_check,
+                 "--radiometry", args.radiometry, *adapt, "--tta", args.tta_check,
                  "--preview_size", "0"])
     run(["predict.py", "--data_root", str(plain_root), "--images", *map(str, test.sources), "--output_dir", str(test.submit),
          "--checkpoint", str(checkpoints[first]), "--blend", "none", "--radiometry", args.radiometry, "--name", "plain",
-         "--adapt_bn", str(args.adapt_bn),
+         *adapt,
          "--preview_size", "0", *device, *q])
 
     # ---- ensembles, then clean-ups of the best map so far (chosen on validation)

@@ -213,11 +213,13 @@ def _predict(
     input_norm: str = "imagenet",
     xs: Sequence[int] = (),
     adapt_windows: int = 0,
+    adapt_weight: float = 1.0,
 ) -> dict:
     """Run ``model`` over this process's share of ``groups`` and write the map (see the module docstring).
 
     ``adapt_windows``: first adapt the model's BatchNorm statistics to about this many windows spread over
-    the whole image (``xs``: its window columns; :mod:`cropmap.adapt`); they are restored afterwards."""
+    the whole image (``xs``: its window columns; :mod:`cropmap.adapt`), the image's statistics weighted
+    ``adapt_weight`` against the training ones; they are restored afterwards."""
     device = torch.device(device)
     keep_freed_memory()
     if num_classes is None:
@@ -236,7 +238,7 @@ def _predict(
         bn_state = save_batchnorm(model)
         try:
             adapted = adapt_batchnorm(model, sampled(), input_norm, transform=transform, amp=amp,
-                                      channels_last=channels_last)
+                                      channels_last=channels_last, weight=adapt_weight)
         except BaseException:
             restore_batchnorm(bn_state)
             raise
@@ -375,6 +377,7 @@ def predict_image(
     transform: Callable | None = None,
     input_norm: str = "imagenet",
     adapt_windows: int = 0,
+    adapt_weight: float = 1.0,
 ) -> dict:
     """Predict one image from its pre-cut windows and stream the stitched map to ``map_path``.
 
@@ -400,7 +403,8 @@ def predict_image(
             the checkpoint's ``args["input_norm"]``, ``imagenet`` when it has none); ``window`` standardises
             each window over its valid pixels (alpha 255).
         adapt_windows: first re-estimate the model's BatchNorm statistics on about this many of the image's
-            windows, spread over all of it (:mod:`cropmap.adapt`; 0: no adaptation); restored afterwards.
+            windows, spread over all of it (:mod:`cropmap.adapt`; 0: no adaptation), weighted ``adapt_weight``
+            against the training statistics; restored afterwards.
 
     Returns:
         ``{"map": path, "windows": n, "num_classes": C, "probs": [paths], "preview": path or None,
@@ -428,7 +432,8 @@ def predict_image(
                     save_probs=save_probs, preview_path=preview_path, preview_size=preview_size, progress=progress,
                     rank=rank, world_size=world_size, num_classes=num_classes,
                     total=len(rows) if world_size == 1 else None, transform=transform,
-                    input_norm=input_norm, xs=sorted({int(r["x"]) for r in rows}), adapt_windows=adapt_windows)
+                    input_norm=input_norm, xs=sorted({int(r["x"]) for r in rows}), adapt_windows=adapt_windows,
+                    adapt_weight=adapt_weight)
 
 
 def predict_from_source(
@@ -455,6 +460,7 @@ def predict_from_source(
     transform: Callable | None = None,
     input_norm: str = "imagenet",
     adapt_windows: int = 0,
+    adapt_weight: float = 1.0,
 ) -> dict:
     """Predict one image straight from its source and stream the stitched map to ``map_path``.
 
@@ -478,4 +484,5 @@ def predict_from_source(
                     tta=tta, amp=amp, channels_last=channels_last, blend=blend, blend_options=blend_options,
                     save_probs=save_probs, preview_path=preview_path, preview_size=preview_size, progress=progress,
                     rank=rank, world_size=world_size, num_classes=num_classes, total=None, transform=transform,
-                    input_norm=input_norm, xs=xs, adapt_windows=adapt_windows)
+                    input_norm=input_norm, xs=xs, adapt_windows=adapt_windows,
+                    adapt_weight=adapt_weight)

@@ -54,7 +54,7 @@ def test_statistics_are_those_of_the_kept_windows():
     full = torch.from_numpy(rng.integers(0, 256, (3, 4, 32, 32), dtype=np.uint8))
     full[:, 3] = 255
     part = full.clone()
-    part[:, 3, :6] = 0  # 26/32 valid: left out
+    part[:, 3, :27] = 0  # 5/32 valid: left out
     saved = save_batchnorm(model)
     used = adapt_batchnorm(model, [full[:2], part, full[2:]], "imagenet")
     assert used == 3
@@ -63,8 +63,33 @@ def test_statistics_are_those_of_the_kept_windows():
     assert model.bn.running_var.item() == pytest.approx(feats.var().item(), rel=1e-3)  # one pass of 3 windows
     assert not model.training and not model.bn.training
     restore_batchnorm(saved)
+    assert model.bn.running_mean.item() == 0.0 and model.bn.running_var.item() == 1.0
+    adapt_batchnorm(model, [full], "imagenet", weight=0.25)  # a quarter image, three quarters training
+    assert model.bn.running_mean.item() == pytest.approx(0.25 * feats.mean().item(), abs=1e-5)
+    assert model.bn.running_var.item() == pytest.approx(0.25 * feats.var().item() + 0.75, rel=1e-3)
+    assert model.bn.momentum == 0.1
+    restore_batchnorm(saved)
     assert model.bn.running_mean.item() == 0.0 and model.bn.running_var.item() == 1.0 and model.bn.momentum == 0.1
-    assert 26 / 32 < MIN_VALID
+    assert 5 / 32 < MIN_VALID
+
+
+def test_batchnorm_over_pooled_features_keeps_its_statistics():
+    """ASPP-like image pooling: its BatchNorm sees one value per window and keeps the training statistics."""
+    class Pooled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bn = nn.BatchNorm2d(3)
+            self.pool_bn = nn.BatchNorm2d(3)
+
+        def forward(self, x):
+            return self.bn(x) + self.pool_bn(x.mean((-2, -1), keepdim=True))
+
+    model = Pooled().eval()
+    rgba = torch.from_numpy(np.random.default_rng(2).integers(150, 256, (4, 4, 32, 32), dtype=np.uint8))
+    rgba[:, 3] = 255
+    assert adapt_batchnorm(model, [rgba], "imagenet") == 4
+    assert model.pool_bn.running_mean.abs().max() == 0 and (model.pool_bn.running_var == 1).all()
+    assert model.bn.running_mean.abs().min() > 0.1  # re-estimated
 
 
 def test_no_batchnorm_or_no_valid_window_changes_nothing():
