@@ -8,8 +8,9 @@ For Practical Domain Adaptation*; Schneider et al. 2020, *Improving robustness a
 by covariate shift adaptation*), undoes much of that shift.
 
 :func:`sample_groups` picks about ``N`` windows spread evenly over the image's prediction grid,
-:func:`adapt_batchnorm` runs them through the model with its BatchNorm layers estimating statistics (a
-plain average over all sampled windows, every other layer in eval mode, no gradients), and
+:func:`adapt_batchnorm` runs them through the model (eval mode, no gradients) while each BatchNorm layer
+measures its input over the valid pixels of all sampled windows (no-data and padding left out) and
+normalises with what it will keep, and
 :func:`restore_batchnorm` puts the training statistics back after the image, so that each image is
 adapted from the same model. The sample is a function of the image alone, so several processes sharing
 an image adapt identically.
@@ -88,24 +89,29 @@ def adapt_batchnorm(
     multiple: int = 32,
     weight: float = 1.0,
 ) -> int:
-    """Replace the running statistics of ``model``'s BatchNorm layers by those of the windows in ``batches``.
+    """Re-estimate the running statistics of ``model``'s BatchNorm layers on the valid pixels of ``batches``.
 
     Args:
-        model: in eval mode (it is returned to eval mode); its BatchNorm layers get the mean and the unbiased
-            variance of their inputs averaged over every batch (``momentum=None``); nothing else changes.
+        model: in eval mode (it stays in eval mode); its BatchNorm layers get
+            ``weight * image + (1 - weight) * training`` for each mean and variance, where the image's are
+            the mean and variance of the layer's input over every valid position of every window; nothing
+            else changes. 1: the image's alone (AdaBN); 0: no change. Schneider et al. mix the same way, the
+            training statistics standing for a prior.
         batches: ``uint8 [B, 4, T, T]`` RGBA windows on the model's device (alpha 255 = valid).
         input_norm: the model's input normalisation (:func:`cropmap.data.normalize`).
         transform: the radiometric transform prediction applies first, if any.
         multiple: pad windows to a multiple of this (edge replicate), as prediction does.
-        weight: the image's share of the final statistics: ``weight * image + (1 - weight) * training``
-            for each mean and variance (1: the image's alone, AdaBN; 0: no change). Schneider et al. mix
-            the same way, the training statistics standing for a prior.
+        weight: the image's share (see ``model``).
 
-    BatchNorm layers over 1x1 inputs (global pooling) keep the training statistics. Windows with under
-    :data:`MIN_VALID` valid pixels are left out (unless no window has more). Batches
-    are joined so that each forward pass has at least 2 windows (a BatchNorm over pooled 1x1 features, as
-    in DeepLabv3's ASPP, needs two). Returns the number of windows used; with none (or no BatchNorm layer)
-    the model is unchanged.
+    Only the scene counts: each layer's input position is weighted by the valid share of the window pixels
+    under it (the alpha mask averaged down to the layer's resolution), so the no-data border and the padding
+    add nothing. During the pass each BatchNorm normalises its batch with the statistics it will end up
+    with (the batch's, mixed with the training ones by ``weight``), so that a layer's statistics are
+    estimated on the features it will see in prediction, whatever the weight. BatchNorm layers over 1x1
+    inputs (global pooling, as in DeepLabv3's ASPP) keep the training statistics: one image's few windows
+    cannot estimate a statistic across windows. Windows with under :data:`MIN_VALID` valid pixels are left
+    out (unless no window has more). Returns the number of windows used; with none (or no BatchNorm
+    layer) the model is unchanged.
     """
     layers = batchnorm_layers(model)
     if not layers:
@@ -119,35 +125,51 @@ def adapt_batchnorm(
     windows = kept or spare
     if not windows:
         return 0
-    if len(windows) == 1:
-        windows = windows * 2  # the same statistics, and ASPP's pooled BatchNorm can run
-    prior = [(m.running_mean.clone(), m.running_var.clone(), m.momentum) for m in layers]
-    for m in layers:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average over the forward passes
-    size = 8
-    bounds = [(s, min(s + size, len(windows))) for s in range(0, len(windows), size)]
-    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] < 2:
-        bounds[-2] = (bounds[-2][0], bounds[-1][1])
-        bounds.pop()
-    pooled = set()  # layers over global-pooled 1x1 features (ASPP's image pooling) keep their statistics:
+    # per layer: valid weight, mean and sum of squared deviations (float64), merged batch by batch
+    acc: dict[nn.Module, list] = {m: [0.0, None, None] for m in layers}
+    mask: list[torch.Tensor] = []  # the batch's valid mask, float [B, 1, H, W] of the padded input
 
-    def spot(m, inputs):  # across windows, not pixels; one image's few windows cannot estimate them
-        if inputs[0].shape[-2:].numel() == 1:
-            pooled.add(m)
+    def renormalise(m, inputs, output):
+        x = inputs[0]
+        if x.shape[-2:].numel() == 1:
+            return None  # pooled features: the training statistics (eval mode's output)
+        w = nn.functional.adaptive_avg_pool2d(mask[0], x.shape[-2:])
+        n = float(w.sum())
+        if n <= 0:
+            return None
+        xf = x.float()
+        mean = (xf * w).sum((0, 2, 3)) / n
+        m2 = ((xf - mean.view(1, -1, 1, 1)).square() * w).sum((0, 2, 3))
+        a = acc[m]
+        if a[1] is None:
+            a[:] = [n, mean.double(), m2.double()]
+        else:  # Chan et al.'s pairwise update
+            total = a[0] + n
+            delta = mean.double() - a[1]
+            a[1] = a[1] + delta * (n / total)
+            a[2] = a[2] + m2.double() + delta.square() * (a[0] * n / total)
+            a[0] = total
+        mix_mean = weight * mean + (1.0 - weight) * m.running_mean.float()
+        mix_var = weight * (m2 / n) + (1.0 - weight) * m.running_var.float()
+        scale = torch.rsqrt(mix_var + m.eps)
+        shift = -mix_mean * scale
+        if m.affine:
+            scale, shift = scale * m.weight.float(), shift * m.weight.float() + m.bias.float()
+        out = xf * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)
+        return out.to(output.dtype)
 
-    hooks = [m.register_forward_pre_hook(spot) for m in layers]
+    hooks = [m.register_forward_hook(renormalise) for m in layers]
     was_training = model.training
     model.eval()
-    for m in layers:
-        m.train()
+    size = 8
     try:
-        for s, e in bounds:
-            rgba = torch.stack(windows[s:e])
+        for s in range(0, len(windows), size):
+            rgba = torch.stack(windows[s:s + size])
             valid = rgba[:, 3] == 255
             x = normalize(rgba if transform is None else transform(rgba), input_norm, valid)
             h, w = x.shape[-2:]
             ph, pw = (-h) % multiple, (-w) % multiple
+            mask[:] = [nn.functional.pad(valid[:, None].float(), (0, pw, 0, ph))]  # padding: not the scene
             if ph or pw:
                 x = nn.functional.pad(x, (0, pw, 0, ph), mode="replicate")
             if channels_last:
@@ -157,14 +179,13 @@ def adapt_batchnorm(
                 model(x)
     finally:
         model.train(was_training)
-        for h in hooks:
-            h.remove()
-        for m, (mean, var, momentum) in zip(layers, prior):
-            m.momentum = momentum
-            if m in pooled:
-                m.running_mean.copy_(mean)
-                m.running_var.copy_(var)
-            elif weight != 1.0:
-                m.running_mean.mul_(weight).add_(mean, alpha=1.0 - weight)
-                m.running_var.mul_(weight).add_(var, alpha=1.0 - weight)
+        for hk in hooks:
+            hk.remove()
+    for m in layers:
+        n, mean, m2 = acc[m]
+        if mean is None:
+            continue
+        var = m2 / max(n - 1.0, 1.0) if n > 1 else m2 * 0  # unbiased, as BatchNorm's running variance
+        m.running_mean.copy_((weight * mean + (1.0 - weight) * m.running_mean.double()).to(m.running_mean.dtype))
+        m.running_var.copy_((weight * var + (1.0 - weight) * m.running_var.double()).to(m.running_var.dtype))
     return len(windows)

@@ -73,6 +73,64 @@ def test_statistics_are_those_of_the_kept_windows():
     assert 5 / 32 < MIN_VALID
 
 
+def test_no_data_pixels_of_a_kept_window_do_not_count():
+    """A window three quarters valid: its statistics are those of its valid pixels alone."""
+    model = Threshold(0.0, 1.0)
+    rng = np.random.default_rng(3)
+    rgba = torch.from_numpy(rng.integers(100, 256, (2, 4, 32, 32), dtype=np.uint8))
+    rgba[:, 3] = 255
+    rgba[0, :, :8] = 0  # no-data rows: black, alpha 0
+    assert adapt_batchnorm(model, [rgba], "imagenet") == 2
+    feats = normalize(rgba, "imagenet")[:, 0]
+    valid = rgba[:, 3] == 255
+    assert model.bn.running_mean.item() == pytest.approx(feats[valid].mean().item(), abs=1e-5)
+    assert model.bn.running_var.item() == pytest.approx(feats[valid].var().item(), rel=1e-5)
+    assert model.bn.running_mean.item() > feats.mean().item() + 0.1  # the black rows would pull it down
+
+
+class TwoLayers(nn.Module):
+    """conv (red) -> BatchNorm -> 2x2 average pool -> BatchNorm (no affine), training statistics given."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = Threshold(0.0, 1.0).conv
+        self.bn1, self.bn2 = nn.BatchNorm2d(1, affine=False), nn.BatchNorm2d(1, affine=False)
+        self.bn1.running_mean.fill_(0.3)
+        self.bn1.running_var.fill_(0.5)
+        self.bn2.running_mean.fill_(-0.2)
+        self.bn2.running_var.fill_(2.0)
+        self.eval()
+
+    def forward(self, x):
+        return self.bn2(nn.functional.avg_pool2d(self.bn1(self.conv(x)), 2))
+
+
+def test_deeper_layers_are_estimated_on_what_they_will_see():
+    """With weight W, the second BatchNorm's statistics are those of the features that the first one,
+    normalising with its final (mixed) statistics, gives it over the valid positions; computed here
+    independently, layer by layer."""
+    rng = np.random.default_rng(4)
+    rgba = torch.from_numpy(rng.integers(0, 256, (3, 4, 16, 16), dtype=np.uint8))
+    rgba[:, 3] = 255
+    rgba[1, 3, :6] = 0  # even rows: each pooled position is all valid or all no-data
+    model, w = TwoLayers(), 0.4
+    assert adapt_batchnorm(model, [rgba[:2], rgba[2:]], "imagenet", weight=w) == 3
+    valid = rgba[:, 3] == 255
+    f = normalize(rgba, "imagenet")[:, 0].double()
+    m1 = w * f[valid].mean() + (1 - w) * 0.3
+    v1 = w * f[valid].var() + (1 - w) * 0.5
+    assert model.bn1.running_mean.item() == pytest.approx(m1.item(), abs=1e-6)
+    assert model.bn1.running_var.item() == pytest.approx(v1.item(), rel=1e-3)  # the pass mixes n, not n - 1
+    z = nn.functional.avg_pool2d(((f - m1) / torch.sqrt(v1 + 1e-5))[:, None], 2)[:, 0]
+    pooled_valid = nn.functional.avg_pool2d(valid[:, None].double(), 2)[:, 0] == 1
+    m2 = w * z[pooled_valid].mean() + (1 - w) * -0.2
+    v2 = w * z[pooled_valid].var() + (1 - w) * 2.0
+    assert model.bn2.running_mean.item() == pytest.approx(m2.item(), abs=1e-3)
+    assert model.bn2.running_var.item() == pytest.approx(v2.item(), rel=1e-2)
+    # had the first layer normalised with its batch's own statistics, the second would see mean 0
+    assert abs(m2.item() - (1 - w) * -0.2) > 0.05
+
+
 def test_batchnorm_over_pooled_features_keeps_its_statistics():
     """ASPP-like image pooling: its BatchNorm sees one value per window and keeps the training statistics."""
     class Pooled(nn.Module):
