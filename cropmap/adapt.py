@@ -127,38 +127,44 @@ def adapt_batchnorm(
         return 0
     # per layer: valid weight, mean and sum of squared deviations (float64), merged batch by batch
     acc: dict[nn.Module, list] = {m: [0.0, None, None] for m in layers}
+    trained = {m: (m.running_mean.clone(), m.running_var.clone()) for m in layers}
     mask: list[torch.Tensor] = []  # the batch's valid mask, float [B, 1, H, W] of the padded input
 
-    def renormalise(m, inputs, output):
+    def measure(m, inputs):
+        # Before the layer runs: its input's moments over the valid positions, merged into ``acc``; then
+        # the layer's running statistics are set to the mixed ones, which its own eval-mode forward uses.
         x = inputs[0]
+        mean0, var0 = trained[m]
+        m.running_mean.copy_(mean0)
+        m.running_var.copy_(var0)
         if x.shape[-2:].numel() == 1:
-            return None  # pooled features: the training statistics (eval mode's output)
+            return None  # pooled features: the training statistics
         w = nn.functional.adaptive_avg_pool2d(mask[0], x.shape[-2:])
         n = float(w.sum())
         if n <= 0:
             return None
-        xf = x.float()
-        mean = (xf * w).sum((0, 2, 3)) / n
-        m2 = ((xf - mean.view(1, -1, 1, 1)).square() * w).sum((0, 2, 3))
+        # sums of the deviations from the training mean (close to the batch's: little cancellation)
+        d = x.float() - mean0.float().view(1, -1, 1, 1)
+        dw = d * w
+        s1 = dw.sum((0, 2, 3)).double()
+        s2 = dw.mul_(d).sum((0, 2, 3)).double()
+        del d, dw
+        mean = mean0.double() + s1 / n
+        m2 = (s2 - s1.square() / n).clamp_min(0.0)
         a = acc[m]
         if a[1] is None:
-            a[:] = [n, mean.double(), m2.double()]
+            a[:] = [n, mean, m2]
         else:  # Chan et al.'s pairwise update
             total = a[0] + n
-            delta = mean.double() - a[1]
+            delta = mean - a[1]
             a[1] = a[1] + delta * (n / total)
-            a[2] = a[2] + m2.double() + delta.square() * (a[0] * n / total)
+            a[2] = a[2] + m2 + delta.square() * (a[0] * n / total)
             a[0] = total
-        mix_mean = weight * mean + (1.0 - weight) * m.running_mean.float()
-        mix_var = weight * (m2 / n) + (1.0 - weight) * m.running_var.float()
-        scale = torch.rsqrt(mix_var + m.eps)
-        shift = -mix_mean * scale
-        if m.affine:
-            scale, shift = scale * m.weight.float(), shift * m.weight.float() + m.bias.float()
-        out = xf * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)
-        return out.to(output.dtype)
+        m.running_mean.copy_((weight * mean + (1.0 - weight) * mean0.double()).to(mean0.dtype))
+        m.running_var.copy_((weight * (m2 / n) + (1.0 - weight) * var0.double()).to(var0.dtype))
+        return None
 
-    hooks = [m.register_forward_hook(renormalise) for m in layers]
+    hooks = [m.register_forward_pre_hook(measure) for m in layers]
     was_training = model.training
     model.eval()
     size = 8
@@ -181,6 +187,9 @@ def adapt_batchnorm(
         model.train(was_training)
         for hk in hooks:
             hk.remove()
+        for m, (mean0, var0) in trained.items():
+            m.running_mean.copy_(mean0)
+            m.running_var.copy_(var0)
     for m in layers:
         n, mean, m2 = acc[m]
         if mean is None:
