@@ -79,3 +79,17 @@ def test_pipeline_end_to_end(tmp_path):
         assert len(ck["input_stats"]["hist"]) == 3  # what the histogram matching maps onto
         assert ck["args"]["input_norm"] == "window" and ck["args"]["val_every"] == 2
     assert len(list((root / "model").glob("*_best.pth"))) == 3
+
+    # bench/ensembles.py on the same run: its soft vote of all three models at power 1 is the pipeline's wsoft
+    # stage (the same maps, scored by the same metric), and it leaves none of its own maps behind
+    from bench import ensembles
+
+    ens = ensembles.main(ensembles.get_args_parser().parse_args(
+        ["--data_root", str(root), "--models", *models, "--powers", "1", "3"]))
+    assert [(r["members"], r["power"]) for r in ens] == [
+        (tuple(models), 1.0), (tuple(models), 3.0), (tuple(models[:2]), 1.0), (tuple(models[:2]), 3.0),
+        ((models[0], models[2]), 1.0), ((models[0], models[2]), 3.0), (tuple(models[1:]), 1.0),
+        (tuple(models[1:]), 3.0)]
+    wsoft = rows[keys.index("wsoft")]
+    assert ens[0]["val"] == wsoft["val"] and ens[0]["test"] == wsoft["test"]
+    assert not list(submit.glob(f"*{ensembles.STAGE}*")) and not list((root / "val" / "submit").glob(f"*{ensembles.STAGE}*"))
