@@ -30,7 +30,8 @@ from pathlib import Path
 
 import torch
 
-from cropmap.cli import InputError, add_hardware_args, add_map_args, fraction, nonneg_int, positive_int, run_cli, warn
+from cropmap.cli import (InputError, add_hardware_args, add_map_args, fraction, nonneg_int, positive_fraction, positive_int,
+                         run_cli, warn)
 from cropmap.files import check_output_dir, check_output_file
 from cropmap.inference import TTA_MODES, assign_images, predict_from_source, predict_image
 from cropmap.layout import (TEST_SOURCE_DIR, map_path, map_suffix, model_dir, preview_path, source_path, submit_dir,
@@ -101,6 +102,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--adapt_weight", type=fraction, default=1.0, metavar="W",
                    help="with --adapt_bn: the image's share of the statistics, W x image + (1 - W) x training "
                         "(default: 1: the image's alone)")
+    p.add_argument("--adapt_depth", type=positive_fraction, default=1.0, metavar="D",
+                   help="with --adapt_bn: adapt only the first D share of the BatchNorm layers, in the order the "
+                        "forward pass reaches them (the shallow ones, which see the acquisition more than the "
+                        "scene's content); the others keep the training statistics (default: 1: all)")
     p.add_argument("--save_probs", action="store_true", help="also write per-class uint8 probabilities IMAGE_predict[_NAME]_prob{c}.png")
     p.add_argument("--preview_size", type=nonneg_int, default=2048, help="longest side of the colour preview; 0: no preview (default: 2048)")
     return p
@@ -203,7 +208,7 @@ def _run(args, rank: int, world_size: int, device: torch.device) -> list[dict]:
                       preview_size=max(args.preview_size, 1), progress=not args.quiet,
                       num_classes=int(num_classes) if num_classes else None, rank=share[0], world_size=share[1],
                       input_norm=ckpt_args["input_norm"], adapt_windows=args.adapt_bn,
-                      adapt_weight=args.adapt_weight)
+                      adapt_weight=args.adapt_weight, adapt_depth=args.adapt_depth)
         start = time.perf_counter()
         transform, radiometry = None, None
         if train_stats:
@@ -237,6 +242,7 @@ def _run(args, rank: int, world_size: int, device: torch.device) -> list[dict]:
             write_sidecar(out, {"map": out.name, "image": job["image"], **summary, "tta": args.tta,
                                 "blend": args.blend, "keep": args.keep, "radiometry": radiometry,
                                 "adapt_bn": res["adapted"], "adapt_weight": args.adapt_weight if res["adapted"] else None,
+                                "adapt_depth": args.adapt_depth if res["adapted"] else None,
                                 "num_classes": res["num_classes"]})
         took = time.perf_counter() - start
         if share[0] == 0:

@@ -18,6 +18,7 @@ an image adapt identically.
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Iterable, Sequence
 
 import torch
@@ -88,6 +89,7 @@ def adapt_batchnorm(
     channels_last: bool = False,
     multiple: int = 32,
     weight: float = 1.0,
+    depth: float = 1.0,
 ) -> int:
     """Re-estimate the running statistics of ``model``'s BatchNorm layers on the valid pixels of ``batches``.
 
@@ -102,6 +104,11 @@ def adapt_batchnorm(
         transform: the radiometric transform prediction applies first, if any.
         multiple: pad windows to a multiple of this (edge replicate), as prediction does.
         weight: the image's share (see ``model``).
+        depth: the share of the BatchNorm layers to adapt: the first ``ceil(depth x L)`` of the ``L`` layers in
+            the order the forward pass reaches them; the later ones keep the training statistics. Shallow
+            layers see the acquisition (contrast, blur, noise, colour), deep ones the scene's content too, whose
+            statistics also move with the image's class mix, where adapting them undoes what the model
+            recognises (see the README's measurements). 1: every layer.
 
     Only the scene counts: each layer's input position is weighted by the valid share of the window pixels
     under it (the alpha mask averaged down to the layer's resolution), so the no-data border and the padding
@@ -130,6 +137,9 @@ def adapt_batchnorm(
     trained = {m: (m.running_mean.clone(), m.running_var.clone()) for m in layers}
     mask: list[torch.Tensor] = []  # the batch's valid mask, float [B, 1, H, W] of the padded input
 
+    cutoff = math.ceil(depth * len(layers) - 1e-9)
+    reached: dict[nn.Module, int] = {}  # layer -> its place in the forward pass
+
     def measure(m, inputs):
         # Before the layer runs: its input's moments over the valid positions, merged into ``acc``; then
         # the layer's running statistics are set to the mixed ones, which its own eval-mode forward uses.
@@ -137,6 +147,8 @@ def adapt_batchnorm(
         mean0, var0 = trained[m]
         m.running_mean.copy_(mean0)
         m.running_var.copy_(var0)
+        if reached.setdefault(m, len(reached)) >= cutoff:
+            return None  # deeper than ``depth``: the training statistics
         if x.shape[-2:].numel() == 1:
             return None  # pooled features: the training statistics
         w = nn.functional.adaptive_avg_pool2d(mask[0], x.shape[-2:])

@@ -619,6 +619,7 @@ def evaluate_checkpoint(args: argparse.Namespace) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     rank, world_size, device = init_distributed(args.device)
+    done = False
     try:
         model, saved = ckpt.load_model(path, device=device)
         num_classes = int(saved.get("num_classes", args.num_classes))
@@ -631,8 +632,11 @@ def evaluate_checkpoint(args: argparse.Namespace) -> dict:
             model.to(memory_format=torch.channels_last)
         cm, _ = evaluate(model, loader, device, num_classes, amp_dtype=amp_dtype(device, args.amp),
                          progress=rank == 0 and not args.quiet, channels_last=fmt)
+        done = True
     finally:
         if _is_dist():
+            if done:  # every process past its last collective before any tears gloo down (else: an abort)
+                dist.barrier()
             dist.destroy_process_group()
     if rank == 0:
         print(f"{path}: {len(val_set)} validation tiles")

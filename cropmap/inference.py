@@ -214,12 +214,14 @@ def _predict(
     xs: Sequence[int] = (),
     adapt_windows: int = 0,
     adapt_weight: float = 1.0,
+    adapt_depth: float = 1.0,
 ) -> dict:
     """Run ``model`` over this process's share of ``groups`` and write the map (see the module docstring).
 
     ``adapt_windows``: first adapt the model's BatchNorm statistics to about this many windows spread over
     the whole image (``xs``: its window columns; :mod:`cropmap.adapt`), the image's statistics weighted
-    ``adapt_weight`` against the training ones; they are restored afterwards."""
+    ``adapt_weight`` against the training ones, in the first ``adapt_depth`` share of the BatchNorm layers;
+    they are restored afterwards."""
     device = torch.device(device)
     keep_freed_memory()
     if num_classes is None:
@@ -238,7 +240,8 @@ def _predict(
         bn_state = save_batchnorm(model)
         try:
             adapted = adapt_batchnorm(model, sampled(), input_norm, transform=transform, amp=amp,
-                                      channels_last=channels_last, weight=adapt_weight)
+                                      channels_last=channels_last, weight=adapt_weight,
+                                      depth=adapt_depth)
         except BaseException:
             restore_batchnorm(bn_state)
             raise
@@ -378,6 +381,7 @@ def predict_image(
     input_norm: str = "imagenet",
     adapt_windows: int = 0,
     adapt_weight: float = 1.0,
+    adapt_depth: float = 1.0,
 ) -> dict:
     """Predict one image from its pre-cut windows and stream the stitched map to ``map_path``.
 
@@ -404,7 +408,8 @@ def predict_image(
             each window over its valid pixels (alpha 255).
         adapt_windows: first re-estimate the model's BatchNorm statistics on about this many of the image's
             windows, spread over all of it (:mod:`cropmap.adapt`; 0: no adaptation), weighted ``adapt_weight``
-            against the training statistics; restored afterwards.
+            against the training statistics, in the first ``adapt_depth`` share of the BatchNorm layers (in
+            forward order); restored afterwards.
 
     Returns:
         ``{"map": path, "windows": n, "num_classes": C, "probs": [paths], "preview": path or None,
@@ -433,7 +438,7 @@ def predict_image(
                     rank=rank, world_size=world_size, num_classes=num_classes,
                     total=len(rows) if world_size == 1 else None, transform=transform,
                     input_norm=input_norm, xs=sorted({int(r["x"]) for r in rows}), adapt_windows=adapt_windows,
-                    adapt_weight=adapt_weight)
+                    adapt_weight=adapt_weight, adapt_depth=adapt_depth)
 
 
 def predict_from_source(
@@ -461,6 +466,7 @@ def predict_from_source(
     input_norm: str = "imagenet",
     adapt_windows: int = 0,
     adapt_weight: float = 1.0,
+    adapt_depth: float = 1.0,
 ) -> dict:
     """Predict one image straight from its source and stream the stitched map to ``map_path``.
 
@@ -485,4 +491,4 @@ def predict_from_source(
                     save_probs=save_probs, preview_path=preview_path, preview_size=preview_size, progress=progress,
                     rank=rank, world_size=world_size, num_classes=num_classes, total=None, transform=transform,
                     input_norm=input_norm, xs=xs, adapt_windows=adapt_windows,
-                    adapt_weight=adapt_weight)
+                    adapt_weight=adapt_weight, adapt_depth=adapt_depth)

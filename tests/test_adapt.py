@@ -131,6 +131,38 @@ def test_deeper_layers_are_estimated_on_what_they_will_see():
     assert abs(m2.item() - (1 - w) * -0.2) > 0.05
 
 
+def test_depth_adapts_the_first_layers_the_forward_pass_reaches():
+    """--adapt_depth D: the first ceil(D x L) BatchNorm layers in forward order are adapted (as with depth 1),
+    the rest keep the training statistics exactly; the order is the forward pass's, not the modules'."""
+
+    class Reversed(TwoLayers):  # bn2 is registered first but runs last
+        def __init__(self):
+            super().__init__()
+            bn1, bn2 = self.bn1, self.bn2
+            del self.bn1, self.bn2
+            self.bn2, self.bn1 = bn2, bn1
+
+    rng = np.random.default_rng(5)
+    rgba = torch.from_numpy(rng.integers(0, 256, (2, 4, 16, 16), dtype=np.uint8))
+    rgba[:, 3] = 255
+    whole = Reversed()
+    assert [n for n, m in whole.named_modules() if isinstance(m, nn.BatchNorm2d)] == ["bn2", "bn1"]
+    adapt_batchnorm(whole, [rgba], "imagenet", weight=0.5)
+    assert whole.bn1.running_mean.item() != pytest.approx(0.3, abs=1e-3)
+    assert whole.bn2.running_mean.item() != pytest.approx(-0.2, abs=1e-3)
+    for depth in (0.5, 0.01):  # ceil(0.5 x 2) = ceil(0.02) = 1 layer: bn1 only
+        half = Reversed()
+        assert adapt_batchnorm(half, [rgba], "imagenet", weight=0.5, depth=depth) == 2
+        assert half.bn1.running_mean.item() == whole.bn1.running_mean.item()
+        assert half.bn1.running_var.item() == whole.bn1.running_var.item()
+        assert half.bn2.running_mean.item() == pytest.approx(-0.2) and half.bn2.running_var.item() == 2.0
+    # and a second image starts again from the first layer (the order is measured per call)
+    again = Reversed()
+    adapt_batchnorm(again, [rgba], "imagenet", weight=0.5, depth=0.5)
+    adapt_batchnorm(again, [rgba], "imagenet", weight=0.5, depth=0.5)
+    assert again.bn2.running_mean.item() == pytest.approx(-0.2)
+
+
 def test_batchnorm_over_pooled_features_keeps_its_statistics():
     """ASPP-like image pooling: its BatchNorm sees one value per window and keeps the training statistics."""
     class Pooled(nn.Module):
@@ -212,7 +244,7 @@ def test_predict_py_adapt_bn_flag(tmp_path, monkeypatch):
     real = predict.predict_from_source
 
     def spy(*a, **kw):
-        seen.append(kw["adapt_windows"])
+        seen.append((kw["adapt_windows"], kw["adapt_depth"]))
         return real(*a, **kw)
 
     monkeypatch.setattr(predict, "predict_from_source", spy)
@@ -220,9 +252,11 @@ def test_predict_py_adapt_bn_flag(tmp_path, monkeypatch):
     for n in (0, 4):
         predict.main(predict.get_args_parser().parse_args(
             ["--source", str(source), "--checkpoint", str(ckpt), "--tile_size", "32", "--stride", "32", "--output_dir",
-             str(out), "--name", f"n{n}", "--adapt_bn", str(n), "--preview_size", "0", "--quiet", "--device", "cpu"]))
-    assert seen == [0, 4]
+             str(out), "--name", f"n{n}", "--adapt_bn", str(n), "--preview_size", "0", "--quiet", "--device", "cpu",
+             *(["--adapt_depth", "0.5"] if n else [])]))
+    assert seen == [(0, 1.0), (4, 0.5)]
     assert json.loads((out / "image_3_predict_n0.json").read_text())["adapt_bn"] == 0
-    assert json.loads((out / "image_3_predict_n4.json").read_text())["adapt_bn"] == 3  # row 32, its 3 windows
+    side = json.loads((out / "image_3_predict_n4.json").read_text())
+    assert side["adapt_bn"] == 3 and side["adapt_depth"] == 0.5  # row 32, its 3 windows
     a, b = read_png(out / "image_3_predict_n0.png"), read_png(out / "image_3_predict_n4.png")
     assert a.shape == b.shape == (80, 96) and (a != b).any()  # random weights: other statistics, another map

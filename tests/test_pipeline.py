@@ -53,6 +53,8 @@ def test_pipeline_end_to_end(tmp_path):
         assert Path(side["checkpoint"]).exists() and len(side["val_iou"]) == 4
         # the maps were made with the radiometric normalisation asked for (histogram matching)
         assert side["radiometry"]["method"] == "histogram" and len(side["radiometry"]["lut"]) == 3
+        # adapted as the pipeline's defaults say: about 8 windows, the image's share 0.3, the first quarter of the layers
+        assert side["adapt_bn"] > 0 and side["adapt_weight"] == 0.3 and side["adapt_depth"] == 0.25
         valid = (src[..., 3] == 255) & (label != 255)
         for c in range(4):  # counted here pixel class by pixel class, without the pipeline's metric
             tp[c] += np.sum(valid & (final == c) & (label == c))
