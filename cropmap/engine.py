@@ -600,10 +600,16 @@ class Trainer:
 
     def close(self, barrier: bool = True) -> None:
         """Tear the process group down (when there is one); ``barrier`` waits for every process first."""
-        if _is_dist():
-            if barrier:
-                dist.barrier()
-            dist.destroy_process_group()
+        close_distributed(barrier)
+
+
+def close_distributed(barrier: bool = True) -> None:
+    """Tear the process group down (when there is one). ``barrier``: every process waits until all are past
+    their last collective first (gloo aborts a peer torn down mid-exchange); leave it out after an error."""
+    if _is_dist():
+        if barrier:
+            dist.barrier()
+        dist.destroy_process_group()
 
 
 # ---- entry points -------------------------------------------------------------------------------
@@ -634,10 +640,7 @@ def evaluate_checkpoint(args: argparse.Namespace) -> dict:
                          progress=rank == 0 and not args.quiet, channels_last=fmt)
         done = True
     finally:
-        if _is_dist():
-            if done:  # every process past its last collective before any tears gloo down (else: an abort)
-                dist.barrier()
-            dist.destroy_process_group()
+        close_distributed(barrier=done)
     if rank == 0:
         print(f"{path}: {len(val_set)} validation tiles")
         print(cm.table())
