@@ -581,7 +581,10 @@ def test_pipeline_defaults_reach_the_steps(tmp_path, monkeypatch):
     trains = [c for c in commands if "--train" in c]
     assert len(trains) == 3 and all(value(c, "--optimizer") == "adamw" and value(c, "--base_lr") == "0.001" for c in trains)
     predicts = [c for c in commands if c[0] == "predict.py"]
-    assert all(value(c, "--input_norm") == "window" and value(c, "--val_every") == "2" for c in trains)
+    assert all(value(c, "--input_norm") == "window" and value(c, "--val_every") == "3" for c in trains)
+    # the demo's budget: DeepLabv3 6 epochs of 224-px crops, the U-Net 5 epochs of 96-px crops
+    crops = {value(c, "--exp"): (value(c, "--epochs"), value(c, "--crop_size")) for c in trains}
+    assert crops == {"demo_ce": ("6", "224"), "demo_focal": ("6", "224"), "demo_unet": ("5", "96")}
     assert predicts and all(value(c, "--radiometry") == "none" for c in predicts)
     other = commands_of("--radiometry", "histogram", "--input_norm", "imagenet")
     assert all(value(c, "--input_norm") == "imagenet" for c in other if "--train" in c)

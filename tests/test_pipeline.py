@@ -79,7 +79,7 @@ def test_pipeline_end_to_end(tmp_path):
         assert {"model", "args", "epoch", "optimizer", "metrics"} <= set(ck)
         assert ck["args"]["optimizer"] == "adamw" and ck["args"]["base_lr"] == 0.001  # the pipeline's defaults
         assert len(ck["input_stats"]["hist"]) == 3  # what the histogram matching maps onto
-        assert ck["args"]["input_norm"] == "window" and ck["args"]["val_every"] == 2
+        assert ck["args"]["input_norm"] == "window" and ck["args"]["val_every"] == 3
     assert len(list((root / "model").glob("*_best.pth"))) == 3
 
     # bench/ensembles.py on the same run: its soft vote of all three models at power 1 is the pipeline's wsoft
