@@ -560,9 +560,9 @@ def test_pipeline_quiet_reaches_every_step(tmp_path, monkeypatch):
 
 def test_pipeline_defaults_reach_the_steps(tmp_path, monkeypatch):
     """The pipeline's small-budget defaults reach the scripts: AdamW at 1e-3 (0.03 with SGD), each window
-    standardised on its own, validation every second epoch, no radiometric matching of the maps (the flag
-    reaches them), test windows every 3/4 of their side; a stride wider than the windows is refused before
-    any step runs."""
+    standardised on its own, validation every third epoch, DeepLabv3 6 epochs of 256-px crops and the U-Net 5
+    of 96-px crops, no radiometric matching of the maps (the flag reaches them), test windows every 3/4 of their
+    side; a stride wider than the windows is refused before any step runs."""
     import run_pipeline
 
     def commands_of(*flags):
@@ -582,9 +582,9 @@ def test_pipeline_defaults_reach_the_steps(tmp_path, monkeypatch):
     assert len(trains) == 3 and all(value(c, "--optimizer") == "adamw" and value(c, "--base_lr") == "0.001" for c in trains)
     predicts = [c for c in commands if c[0] == "predict.py"]
     assert all(value(c, "--input_norm") == "window" and value(c, "--val_every") == "3" for c in trains)
-    # the demo's budget: DeepLabv3 6 epochs of 224-px crops, the U-Net 5 epochs of 96-px crops
+    # the demo's budget: DeepLabv3 6 epochs of 256-px crops, the U-Net 5 epochs of 96-px crops
     crops = {value(c, "--exp"): (value(c, "--epochs"), value(c, "--crop_size")) for c in trains}
-    assert crops == {"demo_ce": ("6", "224"), "demo_focal": ("6", "224"), "demo_unet": ("5", "96")}
+    assert crops == {"demo_ce": ("6", "256"), "demo_focal": ("6", "256"), "demo_unet": ("5", "96")}
     assert predicts and all(value(c, "--radiometry") == "none" for c in predicts)
     other = commands_of("--radiometry", "histogram", "--input_norm", "imagenet")
     assert all(value(c, "--input_norm") == "imagenet" for c in other if "--train" in c)
