@@ -48,7 +48,7 @@ from .device import amp_dtype, local_rank, select_device
 from .data import (INPUT_NORMS, MultiScaleBatchSampler, TileDataset, checked, collate, oversample_weights,
                    shard_indices)
 from .files import check_output_dir, copy_atomic
-from .hooks import Hook, SWAHook
+from .hooks import EMAHook, Hook, SWAHook
 from .layout import checkpoint_path, model_dir, run_name
 from .metrics import ConfusionMatrix, exclude_absent
 from .radiometry import tile_stats
@@ -665,6 +665,10 @@ def main(args: argparse.Namespace, hooks: Iterable[Hook] | None = None) -> dict:
         return evaluate_checkpoint(args)
     restore_run_flags(args)  # before the SWA defaults are resolved: a resumed run's come from its checkpoint
     hooks = list(hooks or [])
+    if args.swa and args.ema:
+        raise InputError("--swa and --ema both replace the saved model by an average: give one of them")
+    if args.ema:
+        hooks.append(EMAHook(args.ema))
     if args.swa:
         hooks.append(swa_hook(args))
     trainer = Trainer(args, hooks)
@@ -771,6 +775,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                    help="first epoch (1-based) whose weights are averaged (default: 3/4 of --epochs, rounded up)")
     g.add_argument("--swa_lr", type=positive_float, default=None, help="learning rate of the SWA phase (default: --base_lr / 10)")
     g.add_argument("--swa_anneal_epochs", type=nonneg_int, default=2, help="epochs of cosine annealing to --swa_lr (default: 2)")
+    g.add_argument("--ema", type=ranged(float, 0, 1, high_open=True), default=0.0, metavar="DECAY",
+                   help="validate and save an exponential moving average of the weights and BatchNorm statistics, "
+                        "updated after every step with this decay (e.g. 0.95: about the last 20 steps; 0: off, the default)")
 
     g = p.add_argument_group("hardware")
     add_hardware_args(g, "CPU threads of each training process (default: PyTorch's choice; 1 is faster on a busy "

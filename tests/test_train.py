@@ -51,7 +51,9 @@ def data_root(tmp_path: Path, tiles: Path, name: str = "run") -> Path:
 def run_script(module: str, root: Path, *extra: str, hooks=None):
     mod = importlib.import_module(module)
     args = mod.get_args_parser().parse_args(tiny_args(root, *extra))
-    return mod.main(args) if hooks is None else mod.main(args, hooks=hooks)
+    if hooks is None:
+        return mod.main(args)
+    return (mod.main if module == "train_swa" else engine.main)(args, hooks=hooks)  # the others' main takes no hooks
 
 
 # ImageNet statistics, written out here so that the check does not share the pipeline's normalisation
@@ -243,6 +245,65 @@ def test_swa_saves_the_average(tiles, tmp_path):
     assert int(state["train_model"]["backbone.bn1.num_batches_tracked"]) == 6
     assert int(state["hooks"]["swa"]["averaged"]["n_averaged"]) == 2
     assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.005)  # SWALR reached swa_lr
+
+
+class StepRecorder(engine.Hook):
+    """Keeps the whole model state (parameters and buffers) at the start and after every optimizer step."""
+
+    def __init__(self):
+        self.states = []
+
+    def setup(self, trainer):
+        self.initial = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+
+    def on_iteration_end(self, trainer, epoch, iteration, loss):
+        self.states.append({k: v.detach().clone() for k, v in trainer.model.state_dict().items()})
+
+
+def test_ema_saves_the_moving_average(tiles, tmp_path):
+    """--ema 0.6: the saved model is the warmed-up EMA of every step's state, recomputed here from the
+    recorded states in float64; BatchNorm running statistics are averaged too, the counter copied."""
+    root = data_root(tmp_path, tiles, "ema")
+    rec = StepRecorder()
+    run_script("train", root, "--epochs", "2", "--iters_per_epoch", "3", "--crop_size", "32",
+               "--val_every", "0", "--ema", "0.6", hooks=[rec])
+    state = torch.load(root / "model" / "deeplabv3_resnet18_t_last.pth", weights_only=True)
+    assert len(rec.states) == 6 and state["hooks"]["ema"]["steps"] == 6
+    expected = {k: v.double() for k, v in rec.initial.items() if v.is_floating_point()}
+    for t, cur in enumerate(rec.states):
+        d = min(0.6, (1 + t) / (10 + t))  # 0.1, 0.18, ... then 0.6 from step 4 on
+        for k in expected:
+            expected[k] = d * expected[k] + (1 - d) * cur[k].double()
+    differs = 0
+    for k, v in expected.items():
+        assert torch.allclose(state["model"][k].double(), v, atol=1e-5), k
+        assert torch.equal(state["train_model"][k], rec.states[-1][k])  # the optimised weights, for --resume
+        differs += not torch.allclose(state["model"][k], rec.states[-1][k])
+    assert differs > len(expected) // 2  # the saved model is not the last weights
+    assert "backbone.bn1.running_var" in expected  # BatchNorm statistics are part of the average
+    assert int(state["model"]["backbone.bn1.num_batches_tracked"]) == 6
+
+
+def test_ema_resume_gives_the_same_average(tiles, tmp_path):
+    common = ["--epochs", "3", "--iters_per_epoch", "2", "--crop_size", "32", "--val_every", "0", "--ema", "0.9"]
+    straight, killed = data_root(tmp_path, tiles, "a"), data_root(tmp_path, tiles, "b")
+    run_script("train", straight, *common)
+    with pytest.raises(KeyboardInterrupt):
+        run_script("train", killed, *common, hooks=[Killer(epoch=2, iteration=0)])
+    last = killed / "model" / "deeplabv3_resnet18_t_last.pth"
+    run_script("train", killed, *common, "--resume", str(last))
+    a = torch.load(straight / "model" / "deeplabv3_resnet18_t_last.pth", weights_only=True)
+    b = torch.load(last, weights_only=True)
+    for name, value in a["model"].items():
+        assert torch.equal(value, b["model"][name]), name
+
+
+def test_ema_and_swa_are_exclusive(tiles, tmp_path, capsys):
+    root = data_root(tmp_path, tiles, "both")
+    mod = importlib.import_module("train_swa")
+    args = mod.get_args_parser().parse_args(tiny_args(root, "--ema", "0.9"))
+    assert run_cli(mod.main, args) != 0
+    assert "--swa and --ema" in capsys.readouterr().err
 
 
 class Killer(engine.Hook):
