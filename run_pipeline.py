@@ -113,9 +113,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                    help="smallest random rescale in training (default: 1.0: the synthetic classes differ by row "
                         "spacing at a fixed ground resolution, which rescaling 0.5-2x would blur together)")
     p.add_argument("--scale_max", type=positive_float, default=1.0, help="largest random rescale in training (default: 1.0)")
-    p.add_argument("--ema", type=ema_decay, default=0.95, metavar="DECAY",
+    p.add_argument("--ema", type=ema_decay, default=0.0, metavar="DECAY",
                    help="train.py --ema of every model but the SWA one: validate and save the moving average of the "
-                        "weights (default: 0.95, about the last 20 steps; 0: the last weights)")
+                        "weights, e.g. 0.95 (about the last 20 steps; default: 0, the last weights)")
     p.add_argument("--train_flags", default="",
                    help="more flags for every training script, in one string, e.g. \"--color_jitter 0.08 "
                         "--label_smoothing edge\" (default: none)")
