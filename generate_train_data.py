@@ -17,7 +17,7 @@ import time
 
 
 from cropmap import cut
-from cropmap.cli import num_classes_int, positive_int, ranged, run_cli, seed_int
+from cropmap.cli import num_classes_int, positive_int, run_cli, seed_int, unit_float
 from cropmap.files import check_output_dir
 from cropmap.layout import DEFAULT_TRAIN_IMAGES, TRAIN_SOURCE_DIR, tiles_csv, train_dir, train_tile_dirs
 from cropmap.tiling import BASE_COLUMNS, class_columns, write_tiles_csv
@@ -30,7 +30,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--keep", choices=["crop", "valid"], default="crop",
                    help="crop: keep tiles with a crop pixel, as the original (default); valid: every tile with a valid pixel")
     p.add_argument("--num_classes", type=num_classes_int, default=4, help="label values are 0..num_classes-1, 255 ignored (default: 4)")
-    p.add_argument("--val_fraction", type=ranged(float, 0, 1, high_open=True), default=0.1,
+    p.add_argument("--val_fraction", type=unit_float, default=0.1,
                    help="share of tiles for validation, 0 to below 1 (default: 0.1)")
     p.add_argument("--split_block", type=positive_int, default=None,
                    help="side in pixels of the blocks drawn for validation (default: 4 tile sizes, less on small images)")

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from cropmap.cli import (InputError, device_name, fraction, warn, nonneg_float, nonneg_int, num_classes_int, positive_float,
-                         positive_fraction, positive_int, ranged, run_cli, seed_int)
+                         positive_fraction, positive_int, run_cli, seed_int, unit_float)
 from cropmap.files import atomic_path, check_output_dir, copy_atomic
 from cropmap.layout import (DEFAULT_TEST_IMAGES, DEFAULT_TRAIN_IMAGES, TEST_SOURCE_DIR,
                             TRAIN_SOURCE_DIR, checkpoint_path, label_path, map_path, map_suffix, model_dir,
@@ -48,8 +48,6 @@ ZOO = {
     "deeplabv3_swa": ("train_swa.py", "deeplabv3", "swa"),
     "unet": ("Unet_resnet34/train.py", "unet", "unet"),
 }
-#: ``--ema``: a decay in [0, 1), as train.py takes it.
-ema_decay = ranged(float, 0, 1, high_open=True)
 #: The three models of the ensemble by default, most trusted first (equal-vote ties go to the earliest).
 DEFAULT_MODELS = ("deeplabv3_ce", "deeplabv3_focal", "unet")
 #: ``(stage name, training script, model, experiment suffix)`` of the default models.
@@ -113,7 +111,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                    help="smallest random rescale in training (default: 1.0: the synthetic classes differ by row "
                         "spacing at a fixed ground resolution, which rescaling 0.5-2x would blur together)")
     p.add_argument("--scale_max", type=positive_float, default=1.0, help="largest random rescale in training (default: 1.0)")
-    p.add_argument("--ema", type=ema_decay, default=0.0, metavar="DECAY",
+    p.add_argument("--ema", type=unit_float, default=0.0, metavar="DECAY",
                    help="train.py --ema of every model but the SWA one: validate and save the moving average of the "
                         "weights, e.g. 0.95 (about the last 20 steps; default: 0, the last weights)")
     p.add_argument("--train_flags", default="",

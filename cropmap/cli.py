@@ -110,6 +110,8 @@ finite_float = ranged(float)
 fraction = ranged(float, 0, 1)
 #: a finite number in (0, 1] (a share of which at least some is taken)
 positive_fraction = ranged(float, 0, 1, low_open=True)
+#: a finite number in [0, 1) (a decay, a momentum, a share short of all)
+unit_float = ranged(float, 0, 1, high_open=True)
 
 
 def positive_int_list(text: str) -> list[int]:

@@ -43,7 +43,7 @@ from torch.utils.data import DataLoader, Subset
 from . import checkpoint as ckpt
 from .cli import (ArgumentParser, InputError, add_hardware_args, nonneg_float, nonneg_int, num_classes_int,
                   plain_flags, positive_float, positive_int, positive_int_list, progress as progress_bar, ranged,
-                  seed_int, short, typed_flags)
+                  seed_int, short, typed_flags, unit_float)
 from .device import amp_dtype, local_rank, select_device
 from .data import (INPUT_NORMS, MultiScaleBatchSampler, TileDataset, checked, collate, oversample_weights,
                    shard_indices)
@@ -737,7 +737,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                    help="sgd (momentum, the original's) or adamw (Adam with decoupled weight decay; use a "
                         "--base_lr about 1e-3) (default: sgd)")
     g.add_argument("--last_mult", type=nonneg_float, default=1.0, help="learning-rate multiplier of the head (default: 1.0)")
-    g.add_argument("--momentum", type=ranged(float, 0, 1, high_open=True), default=0.9,
+    g.add_argument("--momentum", type=unit_float, default=0.9,
                    help="SGD momentum, 0 to below 1 (default: 0.9)")
     g.add_argument("--weight_decay", type=nonneg_float, default=1e-4, help="SGD weight decay (default: 1e-4)")
     g.add_argument("--poly_power", type=nonneg_float, default=0.9,
@@ -775,7 +775,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                    help="first epoch (1-based) whose weights are averaged (default: 3/4 of --epochs, rounded up)")
     g.add_argument("--swa_lr", type=positive_float, default=None, help="learning rate of the SWA phase (default: --base_lr / 10)")
     g.add_argument("--swa_anneal_epochs", type=nonneg_int, default=2, help="epochs of cosine annealing to --swa_lr (default: 2)")
-    g.add_argument("--ema", type=ranged(float, 0, 1, high_open=True), default=0.0, metavar="DECAY",
+    g.add_argument("--ema", type=unit_float, default=0.0, metavar="DECAY",
                    help="validate and save an exponential moving average of the weights and BatchNorm statistics, "
                         "updated after every step with this decay (e.g. 0.95: about the last 20 steps; 0: off, the default)")
 

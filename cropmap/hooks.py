@@ -5,6 +5,7 @@ A variant of the loop that needs new logic is a :class:`Hook`, never a copy of t
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -150,22 +151,21 @@ class EMAHook(Hook):
         self.averaged: nn.Module | None = None
 
     def setup(self, trainer: "Trainer") -> None:
-        import copy
-
         self.averaged = copy.deepcopy(trainer.model)
         self.averaged.requires_grad_(False)
+        state = self.averaged.state_dict()
+        self.float_keys = [k for k, v in state.items() if v.is_floating_point()]
+        self.other_keys = [k for k, v in state.items() if not v.is_floating_point()]
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         """One EMA step of ``self.averaged`` towards ``model`` (same architecture)."""
         d = min(self.decay, (1.0 + self.steps) / (10.0 + self.steps))
         avg, cur = self.averaged.state_dict(), model.state_dict()
-        floats = [k for k, v in avg.items() if v.is_floating_point()]
-        if floats:
-            torch._foreach_lerp_([avg[k] for k in floats], [cur[k].detach() for k in floats], 1.0 - d)
-        for k, v in avg.items():
-            if not v.is_floating_point():
-                v.copy_(cur[k])
+        if self.float_keys:
+            torch._foreach_lerp_([avg[k] for k in self.float_keys], [cur[k] for k in self.float_keys], 1.0 - d)
+        for k in self.other_keys:
+            avg[k].copy_(cur[k])
         self.steps += 1
 
     def on_iteration_end(self, trainer: "Trainer", epoch: int, iteration: int, loss: torch.Tensor) -> None:

@@ -51,9 +51,7 @@ def data_root(tmp_path: Path, tiles: Path, name: str = "run") -> Path:
 def run_script(module: str, root: Path, *extra: str, hooks=None):
     mod = importlib.import_module(module)
     args = mod.get_args_parser().parse_args(tiny_args(root, *extra))
-    if hooks is None:
-        return mod.main(args)
-    return (mod.main if module == "train_swa" else engine.main)(args, hooks=hooks)  # the others' main takes no hooks
+    return mod.main(args) if hooks is None else engine.main(args, hooks=hooks)  # the scripts' defaults, the loop's hooks
 
 
 # ImageNet statistics, written out here so that the check does not share the pipeline's normalisation
