@@ -590,10 +590,10 @@ def test_pipeline_defaults_reach_the_steps(tmp_path, monkeypatch):
     crops = {value(c, "--exp"): (value(c, "--epochs"), value(c, "--crop_size")) for c in trains}
     assert crops == {"demo_ce": ("6", "256"), "demo_focal": ("6", "256"), "demo_unet": ("5", "96")}
     assert predicts and all(value(c, "--radiometry") == "none" for c in predicts)
-    # every model's maps with flips (validation and test alike: the single rows and the votes use them), the
-    # original's plain stitching without; no extra TTA stage unless --tta_check asks for another TTA
+    # every model's maps with the 8 flips and rotations (validation and test alike: the single rows and the votes
+    # use them), the original's plain stitching without; no extra TTA stage unless --tta_check asks for another TTA
     models_maps = [c for c in predicts if value(c, "--name") != "plain"]
-    assert len(models_maps) == 6 and all(value(c, "--tta") == "flip" for c in models_maps)
+    assert len(models_maps) == 6 and all(value(c, "--tta") == "d4" for c in models_maps)
     assert "--tta" not in [c for c in predicts if value(c, "--name") == "plain"][0]
     assert all(value(c, "--tta") == "none" for c in commands_of("--tta", "none") if c[0] == "predict.py" and "--tta" in c)
     other = commands_of("--radiometry", "histogram", "--input_norm", "imagenet")

@@ -21,7 +21,7 @@ def test_pipeline_end_to_end(tmp_path):
         "--synthetic", "--data_root", str(root), "--size", "700", "--tile_size", "128", "--epochs", "1",
         "--unet_epochs", "1", "--iters_per_epoch", "2", "--batch_size", "2", "--crop_size", "96",
         "--unet_crop_size", "64", "--threads", "1", "--device", "cpu", "--quiet",
-        "--max_hole", "500", "--tta_check", "d4", "--radiometry", "histogram",  # not the default: run it here too
+        "--max_hole", "500", "--tta_check", "flip", "--radiometry", "histogram",  # not the default: run it here too
     ])
     rows = run_pipeline.main(args)
     keys = [r["key"] for r in rows]
