@@ -11,6 +11,9 @@ square: windows of 500 then 400 px every 50 px; where all four borders of a wind
 its class-0 pixels become v.
 area (the competition winners' small-object and hole removal): for each class in turn (0 first), every
 4-connected region smaller than --min_area pixels takes the class most of its neighbours have.
+segments: the source image is cut into segments along its edges (the --edge_percentile % of valid pixels
+with the weakest gradient after a Gaussian of --edge_sigma px are inside pixels; a segment is a 4-connected
+region of them); a segment whose majority class holds --min_share of its pixels takes that class.
 close: for each crop class, a morphological closing (ellipse of --radius); class-0 pixels it adds take
 that class. No-data pixels (not valid in the source: alpha, mask or nodata value) stay 0 with every
 method. Maps may be PNG or GeoTIFF (``IMAGE_predict.tif`` for a GeoTIFF source); a GeoTIFF output keeps
@@ -23,7 +26,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from cropmap.cli import InputError, add_map_args, nonneg_int, positive_int, run_cli
+from cropmap.cli import InputError, add_map_args, fraction, nonneg_float, nonneg_int, positive_int, ranged, run_cli
 from cropmap.files import check_output_file
 from cropmap.layout import map_path, map_suffix, predict_source, submit_dir
 from cropmap.postprocess import FILL_METHODS, fill_map
@@ -45,15 +48,24 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--method", default="morph", choices=FILL_METHODS,
                    help="morph (enclosed regions), square (the original's rule), area (regions smaller than --min_area "
                         "of every class take their neighbours' majority class) or close (morphological closing of each "
-                        "crop class, --radius) (default: morph)")
+                        "crop class, --radius) or segments (each image segment takes its majority class, --edge_percentile) "
+                        "(default: morph)")
     p.add_argument("--max_hole", type=nonneg_int, default=250_000, help="morph: largest hole area filled, in pixels (default: 250000, a 500x500 square)")
     p.add_argument("--min_area", type=nonneg_int, default=0,
                    help="morph: crop islands smaller than this many pixels take the class around them; area: regions "
                         "of any class smaller than this take their neighbours' majority class (default: 0, off)")
     p.add_argument("--radius", type=nonneg_int, default=3, help="close: radius in pixels of the elliptical closing kernel (default: 3)")
+    p.add_argument("--edge_percentile", type=ranged(float, 0, 100, low_open=True), default=70.0,
+                   help="segments: share in %% of valid pixels that are inside pixels (the weakest gradients); the "
+                        "rest are edges, which keep their class (default: 70)")
+    p.add_argument("--edge_sigma", type=nonneg_float, default=1.0,
+                   help="segments: Gaussian smoothing in px of the source before its gradient (default: 1)")
+    p.add_argument("--min_share", type=fraction, default=0.5,
+                   help="segments: a segment is voted only when its majority class holds at least this share of "
+                        "its pixels (default: 0.5)")
     p.add_argument("--sizes", type=positive_int, nargs="+", default=[500, 400], help="square: window sides, applied in turn (default: 500 400)")
     p.add_argument("--stride", type=positive_int, default=50, help="square: window step; must divide every size (default: 50)")
-    p.add_argument("--band_rows", type=positive_int, default=1024, help="morph, area, close: rows per band; memory is about 12 bytes x width per band row (map, int32 component labels, masks), more while a region taller than the band is pending (default: 1024)")
+    p.add_argument("--band_rows", type=positive_int, default=1024, help="morph, area, close, segments: rows per band; memory is about 12 bytes x width per band row (map, int32 component labels, masks), more while a region taller than the band is pending (segments: 1.5 x band_rows rows of map, source, mask and labels, about 15 bytes x width each) (default: 1024)")
     return p
 
 
@@ -91,6 +103,9 @@ def main(args: argparse.Namespace) -> list[Path]:
             band_rows=args.band_rows,
             progress=not args.quiet,
             radius=args.radius,
+            edge_percentile=args.edge_percentile,
+            edge_sigma=args.edge_sigma,
+            min_share=args.min_share,
         )
         print(f"{map_file} -> {output} ({args.method})")
         done.append(output)

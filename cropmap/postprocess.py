@@ -21,7 +21,7 @@ from .cli import InputError, progress as progress_bar
 from .raster import (IGNORE, check_georef, check_image, check_map, check_map_values, iter_zip, open_writer, strip_rows,
                      valid_mask)
 
-FILL_METHODS = ("morph", "square", "area", "close")  # area, close: see cropmap.cleanup
+FILL_METHODS = ("morph", "square", "area", "close", "segments")  # area, close: cropmap.cleanup; segments: cropmap.segments
 
 
 # ---- voting -------------------------------------------------------------------------------------
@@ -378,6 +378,9 @@ def fill_map(
     band_rows: int = 1024,
     progress: bool = True,
     radius: int = 3,
+    edge_percentile: float = 70.0,
+    edge_sigma: float = 1.0,
+    min_share: float = 0.5,
 ) -> Path:
     """Fill holes in a full-size map, streaming; no-data (alpha != 255 in ``source_path``) stays 0.
 
@@ -387,7 +390,10 @@ def fill_map(
     original's rule (:func:`square_stage`) with window ``sizes`` in turn. ``area``: for each class
     0..C-1 in turn, regions smaller than ``min_area`` take their neighbours' majority class
     (:func:`cropmap.cleanup.area_stage`). ``close``: morphological closing of each crop class with an
-    ellipse of ``radius`` (:func:`cropmap.cleanup.close_stage`).
+    ellipse of ``radius`` (:func:`cropmap.cleanup.close_stage`). ``segments``: the source image cut into
+    segments along its edges (the ``edge_percentile`` % of valid pixels with the weakest gradient, smoothed
+    by ``edge_sigma``, are inside pixels); each segment whose majority class holds ``min_share`` of it takes
+    that class (:mod:`cropmap.segments`; two passes over the source).
 
     Each step is one streamed pass (chained generators, one input decode, one output encode). Memory
     per pass is a band of rows (plus OpenCV's ``int32`` component labels of the band for ``morph``).
@@ -412,7 +418,21 @@ def fill_map(
             yield y, np.where(valid_mask(rgba[..., 3]), m, IGNORE).astype(np.uint8)
 
     strips: Iterable = work()
-    if method == "morph":
+    if method == "segments":
+        from .segments import edge_threshold, segment_stage
+
+        with progress_bar(total=height, desc=f"{Path(output).name} edges", unit="row", disable=not progress,
+                          leave=False) as bar:
+            threshold = edge_threshold(source_path, height, width, edge_sigma, edge_percentile, band_rows, bar.update)
+
+        def work_rgba() -> Iterator[tuple[int, list[np.ndarray]]]:
+            rows = strip_rows(width, bytes_per_pixel=1 + 4)
+            for y, (m, rgba) in iter_zip([map_path, source_path], rows):
+                check_map_values(m, num_classes, map_path)
+                yield y, [np.where(valid_mask(rgba[..., 3]), m, IGNORE).astype(np.uint8), rgba]
+
+        strips = segment_stage(work_rgba(), height, num_classes, threshold, edge_sigma, min_share, band_rows)
+    elif method == "morph":
         strips = morph_stage(strips, height, 0, max_hole, band_rows)
         if min_area > 0:
             for c in range(1, num_classes):

@@ -28,7 +28,8 @@ def test_pipeline_end_to_end(tmp_path):
     models = [m for m, *_ in run_pipeline.MODELS]
     assert keys[0] == "plain" and keys[1:4] == models and keys[4] == f"{models[0]}_tta"
     assert keys[5:8] == ["vote", "wvote", "wsoft"]
-    assert len(rows) == 12 and rows[-1]["stage"].startswith("final map")
+    assert len(rows) == 13 and rows[-1]["stage"].startswith("final map")
+    assert keys[8:12] == [f"{keys[8].rsplit('_', 1)[0]}_{m}" for m in ("morph", "area", "close", "segments")]
     candidates = [r for r in rows[:-1] if r["candidate"]]
     # the final stage is the best candidate on validation; the best single model is one of the candidates
     assert rows[-1]["val"] == max(r["val"] for r in candidates)
