@@ -426,7 +426,7 @@ def fill_map(
             threshold = edge_threshold(source_path, height, width, edge_sigma, edge_percentile, band_rows, bar.update)
 
         def work_rgba() -> Iterator[tuple[int, list[np.ndarray]]]:
-            rows = strip_rows(width, bytes_per_pixel=1 + 4)
+            rows = min(strip_rows(width, bytes_per_pixel=1 + 4), max(band_rows // 8, 16))  # the band's buffer overshoots by a strip
             for y, (m, rgba) in iter_zip([map_path, source_path], rows):
                 check_map_values(m, num_classes, map_path)
                 yield y, [np.where(valid_mask(rgba[..., 3]), m, IGNORE).astype(np.uint8), rgba]

@@ -31,6 +31,7 @@ from .raster import IGNORE, iter_zip, strip_rows, valid_mask
 QUANT = 4  # magnitude steps per grey level
 MAX_BIN = 1 << 16  # magnitudes are capped at (MAX_BIN - 1) / QUANT
 COL_CHUNK = 2048  # columns per gradient computation (bounds the float32 temporaries)
+VOTE_ROWS = 128  # rows per step of the vote's counting (bounds its int64 temporaries)
 
 
 def blur_halo(sigma: float) -> int:
@@ -101,10 +102,11 @@ def edge_threshold(source, height: int, width: int, sigma: float, percentile: fl
     """
     m = blur_halo(sigma)
     hist = np.zeros(MAX_BIN, np.int64)
-    for start, stop, lo, block in _source_bands(iter_zip([source], strip_rows(width, 4)), height, band_rows, m):
+    for start, stop, lo, block in _source_bands(iter_zip([source], min(strip_rows(width, 4), max(band_rows // 8, 16))), height, band_rows, m):
         mag = gradient_magnitude(block, sigma)[start - lo : stop - lo]
         ok = valid_mask(block[start - lo : stop - lo, :, 3])
         hist += np.bincount(mag[ok].ravel(), minlength=MAX_BIN)
+        del block, mag, ok  # not held while the next band is read
         if progress is not None:
             progress(stop - start)
     total = hist.sum()
@@ -130,15 +132,21 @@ def vote_segments(work: np.ndarray, inside: np.ndarray, num_classes: int, min_sh
     out = work.copy()
     if n <= 1:
         return out
-    sel = labels > 0
-    counts = np.bincount(labels[sel].astype(np.int64) * num_classes + work[sel], minlength=n * num_classes)
+    counts = np.zeros(n * num_classes, np.int64)
+    for y in range(0, len(work), VOTE_ROWS):  # in chunks of rows: int64 temporaries of a chunk only
+        lab = labels[y : y + VOTE_ROWS]
+        sel = lab > 0
+        counts += np.bincount(lab[sel].astype(np.int64) * num_classes + work[y : y + VOTE_ROWS][sel],
+                              minlength=n * num_classes)
     counts = counts.reshape(n, num_classes)
     size = counts.sum(1)
-    major = counts.argmax(1)
     ok = counts.max(1) >= min_share * np.maximum(size, 1)
     ok[0] = False
-    change = ok[labels]
-    out[change] = major[labels[change]].astype(np.uint8)
+    new = np.where(ok, counts.argmax(1), -1).astype(np.int16)  # ties: the lowest class
+    for y in range(0, len(work), VOTE_ROWS):
+        v = new[labels[y : y + VOTE_ROWS]]
+        change = v >= 0
+        out[y : y + VOTE_ROWS][change] = v[change].astype(np.uint8)
     return out
 
 
@@ -158,4 +166,6 @@ def segment_stage(strips: Iterable[tuple[int, list[np.ndarray]]], height: int, n
         mag = gradient_magnitude(block[:, :, 1:4], sigma)[a - lo : b - lo]
         work = block[a - lo : b - lo, :, 0]
         inside = (mag < threshold) & (work != IGNORE)
-        yield start, np.ascontiguousarray(vote_segments(work, inside, num_classes, min_share)[start - a : stop - a])
+        done = np.ascontiguousarray(vote_segments(work, inside, num_classes, min_share)[start - a : stop - a])
+        del block, mag, work, inside  # not held while the next band is read
+        yield start, done
