@@ -65,7 +65,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         "its pixels (default: 0.5)")
     p.add_argument("--sizes", type=positive_int, nargs="+", default=[500, 400], help="square: window sides, applied in turn (default: 500 400)")
     p.add_argument("--stride", type=positive_int, default=50, help="square: window step; must divide every size (default: 50)")
-    p.add_argument("--band_rows", type=positive_int, default=1024, help="morph, area, close, segments: rows per band; memory is about 12 bytes x width per band row (map, int32 component labels, masks), more while a region taller than the band is pending (segments: 1.5 x band_rows rows of map, source, mask and labels, about 15 bytes x width each) (default: 1024)")
+    p.add_argument("--band_rows", type=positive_int, default=1024, help="morph, area, close, segments: rows per band; memory is about 12 bytes x width per band row (map, int32 component labels, masks), more while a region taller than the band is pending (segments: 1.5 x band_rows rows of map, source, gradient, mask and labels, about 20 bytes x width each: 370 MB at 11537 px wide) (default: 1024)")
     return p
 
 
