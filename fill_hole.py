@@ -26,7 +26,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from cropmap.cli import InputError, add_map_args, fraction, nonneg_float, nonneg_int, positive_int, ranged, run_cli
+from cropmap.cli import InputError, add_map_args, fraction, nonneg_float, nonneg_int, percent, positive_int, run_cli
 from cropmap.files import check_output_file
 from cropmap.layout import map_path, map_suffix, predict_source, submit_dir
 from cropmap.postprocess import FILL_METHODS, fill_map
@@ -55,7 +55,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                    help="morph: crop islands smaller than this many pixels take the class around them; area: regions "
                         "of any class smaller than this take their neighbours' majority class (default: 0, off)")
     p.add_argument("--radius", type=nonneg_int, default=3, help="close: radius in pixels of the elliptical closing kernel (default: 3)")
-    p.add_argument("--edge_percentile", type=ranged(float, 0, 100, low_open=True), default=70.0,
+    p.add_argument("--edge_percentile", type=percent, default=70.0,
                    help="segments: share in %% of valid pixels that are inside pixels (the weakest gradients); the "
                         "rest are edges, which keep their class (default: 70)")
     p.add_argument("--edge_sigma", type=nonneg_float, default=1.0,

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cropmap.cli import (InputError, device_name, fraction, ranged, warn, nonneg_float, nonneg_int, num_classes_int, positive_float,
+from cropmap.cli import (InputError, device_name, fraction, percent, warn, nonneg_float, nonneg_int, num_classes_int, positive_float,
                          positive_fraction, positive_int, run_cli, seed_int, unit_float)
 from cropmap.files import atomic_path, check_output_dir, copy_atomic
 from cropmap.layout import (DEFAULT_TEST_IMAGES, DEFAULT_TRAIN_IMAGES, TEST_SOURCE_DIR,
@@ -151,7 +151,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--max_hole", type=nonneg_int, default=20000, help="fill_hole.py --method morph --max_hole (default: 20000)")
     p.add_argument("--min_area", type=nonneg_int, default=400, help="fill_hole.py --method area --min_area (default: 400)")
     p.add_argument("--radius", type=nonneg_int, default=3, help="fill_hole.py --method close --radius (default: 3)")
-    p.add_argument("--edge_percentile", type=ranged(float, 0, 100, low_open=True), default=70.0,
+    p.add_argument("--edge_percentile", type=percent, default=70.0,
                    help="fill_hole.py --method segments --edge_percentile: share in %% of each image's pixels inside "
                         "segments, the rest are edges (default: 70)")
     p.add_argument("--exp", default="demo", help="experiment name of the trained models (default: demo)")

@@ -21,7 +21,7 @@ from typing import Iterable, Iterator
 import cv2
 import numpy as np
 
-from .postprocess import _Rows, iter_banded
+from .postprocess import iter_banded, iter_halo_bands
 from .raster import IGNORE
 
 
@@ -111,15 +111,5 @@ def close_stage(strips: Iterable[tuple[int, np.ndarray]], height: int, value: in
     """
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
     halo = 2 * radius
-    buf = _Rows(strips)
-    start = 0  # first row not yet emitted
-    while start < height:
-        stop = min(start + band_rows, height)
-        buf.fill_to(stop + halo)
-        lo = max(start - halo, buf.y0)
-        block = buf.buf[lo - buf.y0 :]
-        done = close_rows(block, value, kernel)[start - lo : stop - lo]
-        yield start, done
-        # keep the context rows above the next band, drop the rest
-        buf.pop_to(max(stop - halo, buf.y0))
-        start = stop
+    for start, stop, lo, block in iter_halo_bands(strips, height, band_rows, halo):
+        yield start, close_rows(block, value, kernel)[start - lo : stop - lo]

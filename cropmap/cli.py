@@ -108,6 +108,8 @@ nonneg_float = ranged(float, 0)
 finite_float = ranged(float)
 #: a finite number in [0, 1]
 fraction = ranged(float, 0, 1)
+#: a percentage in (0, 100] (a share of pixels of which at least some is taken)
+percent = ranged(float, 0, 100, low_open=True)
 #: a finite number in (0, 1] (a share of which at least some is taken)
 positive_fraction = ranged(float, 0, 1, low_open=True)
 #: a finite number in [0, 1) (a decay, a momentum, a share short of all)

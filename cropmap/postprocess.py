@@ -170,6 +170,25 @@ class _Rows:
         return out
 
 
+def iter_halo_bands(strips: Iterable[tuple[int, np.ndarray]], height: int, band_rows: int,
+                    halo: int) -> Iterator[tuple[int, int, int, np.ndarray]]:
+    """Bands of rows with context: yield ``(start, stop, lo, block)`` for output rows ``start..stop``.
+
+    ``block`` holds the rows ``lo .. min(stop + halo, height)`` with ``lo = max(start - halo, 0)`` (a view
+    of a rolling buffer: drop it before asking for the next band). Bands of ``band_rows`` cover
+    ``0..height`` once; memory: about ``band_rows + 2 * halo`` rows plus one strip.
+    """
+    buf = _Rows(strips)
+    start = 0
+    while start < height:
+        stop = min(start + band_rows, height)
+        buf.fill_to(stop + halo)
+        lo = max(start - halo, buf.y0)
+        yield start, stop, lo, buf.buf[lo - buf.y0 :]
+        buf.pop_to(max(stop - halo, buf.y0))  # keep the context rows above the next band, drop the rest
+        start = stop
+
+
 # ---- hole filling: morph ------------------------------------------------------------------------
 
 
@@ -411,11 +430,13 @@ def fill_map(
     check_georef(info, src, "map")
     height, width = info.shape
 
-    def work() -> Iterator[tuple[int, np.ndarray]]:
+    def work(with_source: bool = False) -> Iterator[tuple[int, np.ndarray | list[np.ndarray]]]:
+        """Work strips (the map, IGNORE at no-data); ``with_source``: ``[work, rgba]`` per strip."""
         rows = strip_rows(width, bytes_per_pixel=1 + 4)  # map, RGBA source
         for y, (m, rgba) in iter_zip([map_path, source_path], rows):
             check_map_values(m, num_classes, map_path)
-            yield y, np.where(valid_mask(rgba[..., 3]), m, IGNORE).astype(np.uint8)
+            w = np.where(valid_mask(rgba[..., 3]), m, IGNORE).astype(np.uint8)
+            yield y, ([w, rgba] if with_source else w)
 
     strips: Iterable = work()
     if method == "segments":
@@ -425,13 +446,7 @@ def fill_map(
                           leave=False) as bar:
             threshold = edge_threshold(source_path, height, width, edge_sigma, edge_percentile, band_rows, bar.update)
 
-        def work_rgba() -> Iterator[tuple[int, list[np.ndarray]]]:
-            rows = min(strip_rows(width, bytes_per_pixel=1 + 4), max(band_rows // 8, 16))  # the band's buffer overshoots by a strip
-            for y, (m, rgba) in iter_zip([map_path, source_path], rows):
-                check_map_values(m, num_classes, map_path)
-                yield y, [np.where(valid_mask(rgba[..., 3]), m, IGNORE).astype(np.uint8), rgba]
-
-        strips = segment_stage(work_rgba(), height, num_classes, threshold, edge_sigma, min_share, band_rows)
+        strips = segment_stage(work(with_source=True), height, num_classes, threshold, edge_sigma, min_share, band_rows)
     elif method == "morph":
         strips = morph_stage(strips, height, 0, max_hole, band_rows)
         if min_area > 0:

@@ -4,7 +4,7 @@ A post-processing step in the spirit of object-based image analysis (a field is 
 image is cut into segments along its edges, and the map is made uniform inside each segment when one
 class holds at least ``min_share`` of it. ``fill_hole.py --method segments``.
 
-Segments (:func:`inside_mask`, :func:`vote_segments`): the gradient magnitude of the source's RGB,
+Segments (:func:`segment_stage`, :func:`vote_segments`): the gradient magnitude of the source's RGB,
 smoothed by a Gaussian of ``sigma`` px (per channel: Sobel x and y; magnitude = the root of the sum of
 the six squares), quantised to 1/4. Pixels below the image's ``percentile``-th magnitude (over valid
 pixels; the threshold comes from a first streamed pass, :func:`edge_threshold`) are *inside* pixels; the
@@ -26,7 +26,7 @@ from typing import Iterable, Iterator
 import cv2
 import numpy as np
 
-from .postprocess import _Rows
+from .postprocess import iter_halo_bands
 from .raster import IGNORE, iter_zip, strip_rows, valid_mask
 
 QUANT = 4  # magnitude steps per grey level
@@ -71,27 +71,10 @@ def gradient_magnitude(rgb: np.ndarray, sigma: float) -> np.ndarray:
     return out
 
 
-def _source_bands(strips: Iterable[tuple[int, list[np.ndarray]]], height: int, band_rows: int, halo: int):
-    """Yield ``(start, stop, lo, block)``: output rows ``start..stop`` and the buffered rows from ``lo``.
-
-    ``strips`` yields ``(y, [arrays])`` of equal row counts; they are stacked along the last axis
-    (``uint8 [h, W, k]``). ``block`` holds rows ``lo .. min(stop + halo, height)`` with
-    ``lo = max(start - halo, 0)``.
-    """
-
-    def stacked():
-        for y, arrays in strips:
-            yield y, np.concatenate([a.reshape(a.shape[:2] + (-1,)) for a in arrays], axis=2)
-
-    buf = _Rows(stacked())
-    start = 0
-    while start < height:
-        stop = min(start + band_rows, height)
-        buf.fill_to(stop + halo)
-        lo = max(start - halo, buf.y0)
-        yield start, stop, lo, buf.buf[lo - buf.y0 :]
-        buf.pop_to(max(stop - halo, buf.y0))
-        start = stop
+def _stacked(strips: Iterable[tuple[int, list[np.ndarray]]]) -> Iterator[tuple[int, np.ndarray]]:
+    """``(y, [arrays])`` of equal row counts -> ``(y, uint8 [h, W, k])``, stacked along the last axis."""
+    for y, arrays in strips:
+        yield y, np.concatenate([a.reshape(a.shape[:2] + (-1,)) for a in arrays], axis=2)
 
 
 def edge_threshold(source, height: int, width: int, sigma: float, percentile: float, band_rows: int = 1024,
@@ -103,7 +86,8 @@ def edge_threshold(source, height: int, width: int, sigma: float, percentile: fl
     """
     m = blur_halo(sigma)
     hist = np.zeros(MAX_BIN, np.int64)
-    for start, stop, lo, block in _source_bands(iter_zip([source], min(strip_rows(width, 4), max(band_rows // 8, 16))), height, band_rows, m):
+    for start, stop, lo, block in iter_halo_bands(_stacked(iter_zip([source], strip_rows(width, 4))), height,
+                                                  band_rows, m):
         mag = gradient_magnitude(block, sigma)[start - lo : stop - lo]
         ok = valid_mask(block[start - lo : stop - lo, :, 3])
         hist += np.bincount(mag[ok].ravel(), minlength=MAX_BIN)
@@ -161,7 +145,7 @@ def segment_stage(strips: Iterable[tuple[int, list[np.ndarray]]], height: int, n
     """
     halo = band_rows // 4 if halo is None else halo
     m = blur_halo(sigma)
-    for start, stop, lo, block in _source_bands(strips, height, band_rows, halo + m):
+    for start, stop, lo, block in iter_halo_bands(_stacked(strips), height, band_rows, halo + m):
         a = max(start - halo, lo)
         b = min(stop + halo, lo + len(block))
         mag = gradient_magnitude(block[:, :, 1:4], sigma)[a - lo : b - lo]
