@@ -26,10 +26,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from cropmap.cli import InputError, add_map_args, fraction, nonneg_float, nonneg_int, percent, positive_int, run_cli
-from cropmap.files import check_output_file
-from cropmap.layout import map_path, map_suffix, predict_source, submit_dir
-from cropmap.postprocess import FILL_METHODS, fill_map
+from cropmap.core.cli import add_map_args, fraction, nonneg_float, nonneg_int, percent, positive_int, run_cli
+
+from cropmap.core.errors import InputError
+from cropmap.core.files import check_output_file
+from cropmap.core.layout import map_path, map_suffix, predict_source, submit_dir
+from cropmap.maps.postprocess import FILL_METHODS, fill_map
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:

@@ -14,11 +14,12 @@ import argparse
 import sys
 import time
 
-from cropmap import cut
-from cropmap.cli import InputError, run_cli
-from cropmap.files import check_output_dir
-from cropmap.layout import DEFAULT_TEST_IMAGES, TEST_SOURCE_DIR, windows_dir, window_folder, tiles_csv
-from cropmap.tiling import BASE_COLUMNS, write_tiles_csv
+from cropmap.data import cut
+from cropmap.core.cli import run_cli
+from cropmap.core.errors import InputError
+from cropmap.core.files import check_output_dir
+from cropmap.core.layout import DEFAULT_TEST_IMAGES, TEST_SOURCE_DIR, windows_dir, window_folder, tiles_csv
+from cropmap.data.tiling import BASE_COLUMNS, write_tiles_csv
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:

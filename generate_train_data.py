@@ -16,11 +16,11 @@ import sys
 import time
 
 
-from cropmap import cut
-from cropmap.cli import num_classes_int, positive_int, run_cli, seed_int, unit_float
-from cropmap.files import check_output_dir
-from cropmap.layout import DEFAULT_TRAIN_IMAGES, TRAIN_SOURCE_DIR, tiles_csv, train_dir, train_tile_dirs
-from cropmap.tiling import BASE_COLUMNS, class_columns, write_tiles_csv
+from cropmap.data import cut
+from cropmap.core.cli import num_classes_int, positive_int, run_cli, seed_int, unit_float
+from cropmap.core.files import check_output_dir
+from cropmap.core.layout import DEFAULT_TRAIN_IMAGES, TRAIN_SOURCE_DIR, tiles_csv, train_dir, train_tile_dirs
+from cropmap.data.tiling import BASE_COLUMNS, class_columns, write_tiles_csv
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:

@@ -8,7 +8,7 @@
 Writes image_1/image_2 (+ labels) for training and image_3/image_4 (+ labels, for scoring only).
 GeoTIFFs hold RGB and an internal no-data mask (the PNGs' alpha), tiled and compressed (COG), each image
 placed side by side in EPSG:32648; labels are ``image_N_label.tif`` with the same georeferencing.
-The test images are another acquisition (``cropmap.synthetic.SHIFTED``: other illumination, colour
+The test images are another acquisition (``cropmap.data.synthetic.SHIFTED``: other illumination, colour
 balance, haze, a slightly finer ground resolution, crops in other proportions), so that scores on them
 measure generalisation; ``--no_shift`` renders them like the training images.
 """
@@ -22,10 +22,10 @@ import sys
 import time
 from pathlib import Path
 
-from cropmap import synthetic
-from cropmap.cli import positive_int, run_cli, seed_int
-from cropmap.files import check_output_dir
-from cropmap.layout import TEST_SOURCE_DIR, TRAIN_SOURCE_DIR, label_path
+from cropmap.data import synthetic
+from cropmap.core.cli import positive_int, run_cli, seed_int
+from cropmap.core.files import check_output_dir
+from cropmap.core.layout import TEST_SOURCE_DIR, TRAIN_SOURCE_DIR, label_path
 from cropmap.raster import RasterInfo
 
 #: Where the GeoTIFF set lies: UTM zone 48N (the competition's region, Guizhou, is near 105 E, 25 N),
@@ -57,7 +57,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                    help="png (RGBA) or tif (GeoTIFF: RGB + no-data mask, UTM zone 48N at 0.3 m pixels) (default: png)")
     p.add_argument("--no_shift", action="store_true",
                    help="render the test images (image_3, image_4) like the training images instead of as "
-                        "another acquisition (default: shifted, see cropmap.synthetic.SHIFTED)")
+                        "another acquisition (default: shifted, see cropmap.data.synthetic.SHIFTED)")
     p.add_argument("--class_prob", type=class_prob, default=None,
                    help="per-parcel class probabilities of the training images, comma-separated "
                         "other,tobacco,corn,coix, e.g. 0.5,0.2,0.1,0.2 (default: "

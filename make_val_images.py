@@ -22,13 +22,14 @@ import sys
 import time
 from pathlib import Path
 
-from cropmap import cut
-from cropmap.ensemble import val_rectangles, write_val_image
-from cropmap.cli import InputError, run_cli
-from cropmap.files import check_output_dir
-from cropmap.layout import DEFAULT_TRAIN_IMAGES, LABEL_SUFFIX, TEST_SOURCE_DIR, TRAIN_SOURCE_DIR, tiles_csv, train_dir
-from cropmap.data import SPLITS
-from cropmap.tiling import BASE_COLUMNS, read_tiles_csv
+from cropmap.data import cut
+from cropmap.maps.ensemble import val_rectangles, write_val_image
+from cropmap.core.cli import run_cli
+from cropmap.core.errors import InputError
+from cropmap.core.files import check_output_dir
+from cropmap.core.layout import DEFAULT_TRAIN_IMAGES, LABEL_SUFFIX, TEST_SOURCE_DIR, TRAIN_SOURCE_DIR, tiles_csv, train_dir
+from cropmap.data.dataset import SPLITS
+from cropmap.data.tiling import BASE_COLUMNS, read_tiles_csv
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:

@@ -16,7 +16,9 @@ import argparse
 import sys
 import time
 
-from cropmap.cli import InputError, int_list, run_cli
+from cropmap.core.cli import int_list, run_cli
+
+from cropmap.core.errors import InputError
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -39,7 +41,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> dict:
-    from cropmap.polygons import polygonize_map
+    from cropmap.maps.polygons import polygonize_map
 
     if args.min_area < 0 or args.simplify < 0:
         raise InputError("--min_area and --simplify must not be negative")

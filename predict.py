@@ -30,15 +30,17 @@ from pathlib import Path
 
 import torch
 
-from cropmap.cli import (InputError, add_hardware_args, add_map_args, fraction, nonneg_int, positive_fraction, positive_int,
-                         run_cli, warn)
-from cropmap.files import check_output_dir, check_output_file
-from cropmap.inference import TTA_MODES, assign_images, predict_from_source, predict_image
-from cropmap.layout import (TEST_SOURCE_DIR, map_path, map_suffix, model_dir, preview_path, source_path, submit_dir,
-                            tiles_csv, window_folder, windows_dir)
+from cropmap.core.cli import (add_hardware_args, add_map_args, fraction, nonneg_int, positive_fraction, positive_int,
+                               run_cli, warn)
+
+from cropmap.core.errors import InputError
+from cropmap.core.files import check_output_dir, check_output_file
+from cropmap.predict.inference import TTA_MODES, assign_images, predict_from_source, predict_image
+from cropmap.core.layout import (TEST_SOURCE_DIR, map_path, map_suffix, model_dir, preview_path, source_path, submit_dir,
+                                 tiles_csv, window_folder, windows_dir)
 from cropmap.raster import check_image
-from cropmap.stitch import BLEND_MODES
-from cropmap.tiling import BASE_COLUMNS, read_tiles_csv
+from cropmap.predict.stitch import BLEND_MODES
+from cropmap.data.tiling import BASE_COLUMNS, read_tiles_csv
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -149,7 +151,7 @@ def plan(args: argparse.Namespace) -> list[dict]:
 
 
 def main(args: argparse.Namespace) -> list[dict]:
-    from cropmap.engine import init_distributed
+    from cropmap.train.engine import init_distributed
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -168,9 +170,9 @@ def main(args: argparse.Namespace) -> list[dict]:
 
 
 def _run(args, rank: int, world_size: int, device: torch.device) -> list[dict]:
-    from cropmap.checkpoint import find_best, load_checkpoint, load_model
-    from cropmap.ensemble import checkpoint_summary, write_sidecar
-    from cropmap.radiometry import apply_affine, apply_lut, match_affine, match_histogram, source_stats, window_stats
+    from cropmap.train.checkpoint import find_best, load_checkpoint, load_model
+    from cropmap.maps.ensemble import checkpoint_summary, write_sidecar
+    from cropmap.data.radiometry import apply_affine, apply_lut, match_affine, match_histogram, source_stats, window_stats
 
     jobs = plan(args)
     checkpoint = args.checkpoint or find_best(model_dir(args.data_root))

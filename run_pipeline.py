@@ -16,7 +16,7 @@ votes, and the clean-ups of the best of those) is scored there, and the best one
 final ``IMAGE_predict.png``. The best single model is always a candidate, so the final map is never
 worse than it on validation data. At the end one table gives, for every stage, the validation mIoU and
 the test mIoU and per-class IoU (test labels only when they exist), computed from the maps with the one
-metric (``cropmap.scoring.score_map``, what ``score.py`` runs).
+metric (``cropmap.maps.scoring.score_map``, what ``score.py`` runs).
 """
 
 from __future__ import annotations
@@ -31,13 +31,15 @@ from pathlib import Path
 
 import numpy as np
 
-from cropmap.cli import (InputError, device_name, fraction, percent, warn, nonneg_float, nonneg_int, num_classes_int, positive_float,
-                         positive_fraction, positive_int, run_cli, seed_int, unit_float)
-from cropmap.files import atomic_path, check_output_dir, copy_atomic
-from cropmap.layout import (DEFAULT_TEST_IMAGES, DEFAULT_TRAIN_IMAGES, TEST_SOURCE_DIR,
-                            TRAIN_SOURCE_DIR, checkpoint_path, label_path, map_path, map_suffix, model_dir,
-                            source_path, submit_dir)
-from cropmap.metrics import absent_classes, class_names, format_iou, iou_from_confusion
+from cropmap.core.cli import (device_name, fraction, percent, warn, nonneg_float, nonneg_int, num_classes_int,
+                               positive_float, positive_fraction, positive_int, run_cli, seed_int, unit_float)
+
+from cropmap.core.errors import InputError
+from cropmap.core.files import atomic_path, check_output_dir, copy_atomic
+from cropmap.core.layout import (DEFAULT_TEST_IMAGES, DEFAULT_TRAIN_IMAGES, TEST_SOURCE_DIR,
+                                 TRAIN_SOURCE_DIR, checkpoint_path, label_path, map_path, map_suffix, model_dir,
+                                 source_path, submit_dir)
+from cropmap.core.metrics import absent_classes, class_names, format_iou, iou_from_confusion
 
 ROOT = Path(__file__).resolve().parent
 
@@ -196,7 +198,7 @@ class Split:
 
 def score_stage(split: Split, stage: str | None, num_classes: int) -> np.ndarray | None:
     """Confusion matrix ``int64 [C, C]`` of a stage's maps over the split's labelled images (None: no labels)."""
-    from cropmap.scoring import score_map
+    from cropmap.maps.scoring import score_map
 
     labelled = split.labelled()
     if not labelled:

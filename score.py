@@ -15,11 +15,13 @@ import argparse
 import json
 import sys
 
-from cropmap.cli import InputError, add_map_args, run_cli
-from cropmap.files import atomic_path, check_output_file
-from cropmap.metrics import ConfusionMatrix
-from cropmap.layout import label_path, map_path, map_suffix, predict_source, submit_dir
-from cropmap.scoring import score_dict, score_map
+from cropmap.core.cli import add_map_args, run_cli
+
+from cropmap.core.errors import InputError
+from cropmap.core.files import atomic_path, check_output_file
+from cropmap.core.metrics import ConfusionMatrix
+from cropmap.core.layout import label_path, map_path, map_suffix, predict_source, submit_dir
+from cropmap.maps.scoring import score_dict, score_map
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:

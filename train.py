@@ -3,13 +3,13 @@
     python train.py --train --exp bn_lr7e-3 --epochs 20 --base_lr 0.007
     python train.py --exp bn_lr7e-3            # evaluate data/model/deeplabv3_resnet50_bn_lr7e-3_best.pth
 
-Every flag is described by ``python train.py -h``; the loop is :mod:`cropmap.engine`.
+Every flag is described by ``python train.py -h``; the loop is :mod:`cropmap.train.engine`.
 """
 
 import sys
 
-from cropmap import engine
-from cropmap.cli import run_cli
+from cropmap.train import engine
+from cropmap.core.cli import run_cli
 
 
 def get_args_parser(add_help: bool = True):

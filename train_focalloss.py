@@ -7,8 +7,8 @@ Same flags as ``train.py``; only the default ``--loss`` differs.
 
 import sys
 
-from cropmap import engine
-from cropmap.cli import run_cli
+from cropmap.train import engine
+from cropmap.core.cli import run_cli
 
 
 def get_args_parser(add_help: bool = True):

@@ -8,8 +8,8 @@ Successive batches cycle through ``--scales`` (default 512,448), each with its o
 
 import sys
 
-from cropmap import engine
-from cropmap.cli import run_cli
+from cropmap.train import engine
+from cropmap.core.cli import run_cli
 
 
 def get_args_parser(add_help: bool = True):

@@ -9,8 +9,8 @@ as ``train.py --swa --loss focal+lovasz --epochs 30``.
 
 import sys
 
-from cropmap import engine
-from cropmap.cli import run_cli
+from cropmap.train import engine
+from cropmap.core.cli import run_cli
 
 
 def get_args_parser(add_help: bool = True):
@@ -21,7 +21,7 @@ def get_args_parser(add_help: bool = True):
 
 
 def main(args, hooks=()):
-    """Train with SWA; ``hooks`` (optional :class:`cropmap.engine.Hook` objects) run before the SWA hook."""
+    """Train with SWA; ``hooks`` (optional :class:`cropmap.train.engine.Hook` objects) run before the SWA hook."""
     return engine.main(args, hooks=hooks)
 
 

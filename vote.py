@@ -16,7 +16,7 @@ with --name; ``.tif`` for a GeoTIFF source or with --format tif). GeoTIFF maps a
 transform of the first input.
 
 --weights auto weighs each input's vote per class by the validation IoU of the checkpoint that made it
-(read from the sidecar X.json that predict.py writes beside each map X.png; see cropmap/ensemble.py),
+(read from the sidecar X.json that predict.py writes beside each map X.png; see cropmap/maps/ensemble.py),
 normalised so that each class's weights sum to 1. The voted map gets a sidecar naming its inputs and
 weights.
 """
@@ -27,11 +27,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from cropmap.cli import InputError, add_map_args, int_list, nonneg_float, run_cli, warn
-from cropmap.ensemble import auto_weights, is_vote, parse_weights, write_sidecar
-from cropmap.files import check_output_file
-from cropmap.layout import is_derived, map_path, map_suffix, predict_source, prob_paths, submit_dir
-from cropmap.postprocess import vote_maps
+from cropmap.core.cli import add_map_args, int_list, nonneg_float, run_cli, warn
+
+from cropmap.core.errors import InputError
+from cropmap.maps.ensemble import auto_weights, is_vote, parse_weights, write_sidecar
+from cropmap.core.files import check_output_file
+from cropmap.core.layout import is_derived, map_path, map_suffix, predict_source, prob_paths, submit_dir
+from cropmap.maps.postprocess import vote_maps
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:

@@ -12,8 +12,8 @@ import sys
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cropmap import engine  # noqa: E402
-from cropmap.cli import run_cli  # noqa: E402
+from cropmap.train import engine  # noqa: E402
+from cropmap.core.cli import run_cli  # noqa: E402
 
 
 def get_args_parser(add_help: bool = True):

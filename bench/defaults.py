@@ -35,12 +35,12 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 import numpy as np  # noqa: E402
 
 from bench.tricks import run, score  # noqa: E402
-from cropmap.checkpoint import load_checkpoint  # noqa: E402
-from cropmap.cli import run_cli  # noqa: E402
-from cropmap.files import atomic_path  # noqa: E402
-from cropmap.layout import (DEFAULT_TEST_IMAGES, TEST_SOURCE_DIR, checkpoint_path, map_path, model_dir,  # noqa: E402
-                            source_path, tiles_csv, train_dir, windows_dir)
-from cropmap.metrics import class_names, iou_from_confusion  # noqa: E402
+from cropmap.train.checkpoint import load_checkpoint  # noqa: E402
+from cropmap.core.cli import run_cli  # noqa: E402
+from cropmap.core.files import atomic_path  # noqa: E402
+from cropmap.core.layout import (DEFAULT_TEST_IMAGES, TEST_SOURCE_DIR, checkpoint_path, map_path, model_dir,  # noqa: E402
+                                 source_path, tiles_csv, train_dir, windows_dir)
+from cropmap.core.metrics import class_names, iou_from_confusion  # noqa: E402
 
 #: one default changed per setting: name -> flags added to the demo's focal model
 SETTINGS = {

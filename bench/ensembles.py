@@ -25,10 +25,12 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cropmap.cli import InputError, nonneg_float, num_classes_int, run_cli  # noqa: E402
-from cropmap.layout import (DEFAULT_TEST_IMAGES, DEFAULT_TRAIN_IMAGES, TEST_SOURCE_DIR,  # noqa: E402
-                            source_path)
-from cropmap.metrics import iou_from_confusion  # noqa: E402
+from cropmap.core.cli import nonneg_float, num_classes_int, run_cli
+
+from cropmap.core.errors import InputError  # noqa: E402
+from cropmap.core.layout import (DEFAULT_TEST_IMAGES, DEFAULT_TRAIN_IMAGES, TEST_SOURCE_DIR,  # noqa: E402
+                                 source_path)
+from cropmap.core.metrics import iou_from_confusion  # noqa: E402
 from run_pipeline import DEFAULT_MODELS  # noqa: E402
 
 STAGE = "bench_ens"

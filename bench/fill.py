@@ -45,7 +45,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 def worker(args) -> dict:
     from tiling import _maxrss_mb
 
-    from cropmap.postprocess import fill_map
+    from cropmap.maps.postprocess import fill_map
     from cropmap.raster import iter_zip, strip_rows
 
     out = Path(args.out)

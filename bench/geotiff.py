@@ -110,7 +110,7 @@ def worker(kind: str, folder: Path) -> dict:
     elif kind == "gdal_shapes":
         from rasterio.features import shapes
 
-        from cropmap.polygons import BAND_PIXELS
+        from cropmap.maps.polygons import BAND_PIXELS
         from cropmap.raster import open_reader
 
         reader = open_reader(folder / "map.tif")
@@ -121,7 +121,7 @@ def worker(kind: str, folder: Path) -> dict:
             n += sum(1 for _ in shapes(rows, mask=rows > 0, connectivity=4))
         return {"seconds": time.perf_counter() - t0, "maxrss_mb": _maxrss_mb(), "polygons": n}
     elif kind == "polygonize":
-        from cropmap.polygons import polygonize_map
+        from cropmap.maps.polygons import polygonize_map
 
         out = folder / "fields.gpkg"
         res = polygonize_map(folder / "map.tif", out, progress=False, log=lambda s: None)
@@ -136,7 +136,7 @@ def worker(kind: str, folder: Path) -> dict:
 def make_sources(folder: Path, height: int, width: int, repeat: bool) -> None:
     """bench.png (+ label), the same pixels as bench.tif (+ label, UTM 48N at 0.3 m, RGB + mask), map.tif."""
     import make_synthetic_data
-    from cropmap import synthetic
+    from cropmap.data import synthetic
     from cropmap.raster import iter_strips, open_writer
 
     png, label = folder / "bench.png", folder / "bench_label.png"

@@ -36,7 +36,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--output_stride", type=int, default=16, help="DeepLabV3 output stride (8 or 16)")
     parser.add_argument("--num_classes", type=int, default=4)
-    parser.add_argument("--amp", action="store_true", help="autocast, as in training (cropmap.device.amp_dtype: bf16 where supported, else fp16)")
+    parser.add_argument("--amp", action="store_true", help="autocast, as in training (cropmap.core.device.amp_dtype: bf16 where supported, else fp16)")
     parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads for this run (0 = leave)")
     return parser
 
@@ -79,7 +79,7 @@ def _measure(model, x, device, args, channels_last: bool, label: str) -> tuple[f
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
     x = x.contiguous(memory_format=fmt)
-    from cropmap.device import amp_dtype
+    from cropmap.core.device import amp_dtype
 
     dtype = amp_dtype(device, args.amp)
 
@@ -119,7 +119,7 @@ def main(args) -> str:
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    from cropmap.device import select_device
+    from cropmap.core.device import select_device
 
     device = select_device(args.device)
     pairs = _pairs(args, models)

@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    from cropmap.cli import positive_int
+    from cropmap.core.cli import positive_int
 
     p = argparse.ArgumentParser(description="Time read_png against a bare OpenCV decode.", add_help=add_help)
     p.add_argument("--size", type=positive_int, default=512, help="tile side (default: 512)")

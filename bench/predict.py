@@ -7,9 +7,9 @@ Run by hand, never by tests. Side by side in one process, alternating, the best 
 
   pure     the model's forward alone: ``model(x)`` on one batch of ``--batch_size`` windows already on the
            device, normalised, channels_last, under the same autocast (as bench/models.py does)
-  source   cropmap.inference.predict_from_source over the large image: decode, forward, blend, argmax,
+  source   cropmap.predict.inference.predict_from_source over the large image: decode, forward, blend, argmax,
            map + preview written (what ``predict.py --source`` runs)
-  windows  cropmap.inference.predict_image over the same image's pre-cut windows (``--precut``; cut by
+  windows  cropmap.predict.inference.predict_image over the same image's pre-cut windows (``--precut``; cut by
            generate_test_data.py, the original's way)
   zero     predict_from_source with a model that costs nothing (it returns zeros): the pipeline's own rate,
            per second and per CPU-second of the process (every thread counted)
@@ -80,7 +80,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 
 def source_of(root: Path) -> Path:
-    from cropmap.layout import predict_source
+    from cropmap.core.layout import predict_source
 
     return predict_source(root, "image_3")
 
@@ -89,7 +89,7 @@ def checkpoint(args) -> Path:
     """A randomly initialised checkpoint of the model (cached)."""
     import torch
 
-    from cropmap.checkpoint import save_checkpoint
+    from cropmap.train.checkpoint import save_checkpoint
     from models import build_model
 
     path = Path(args.out) / "model" / f"bench_{args.model}_{args.backbone}_best.pth"
@@ -104,7 +104,7 @@ def checkpoint(args) -> Path:
 
 def block(args) -> Path:
     """The synthetic ``--block`` x ``--block`` image that larger sources repeat (cached)."""
-    from cropmap.synthetic import write_image
+    from cropmap.data.synthetic import write_image
 
     path = Path(args.out) / f"block{args.block}.png"
     if not path.exists():
@@ -116,7 +116,7 @@ def block(args) -> Path:
 
 def prepare_tall(args) -> Path:
     """A synthetic source as wide as the small one and four times as high, under OUT/tall (cached)."""
-    from cropmap.synthetic import write_image
+    from cropmap.data.synthetic import write_image
 
     width = args.sizes[0]
     root = Path(args.out) / f"tall_{4 * width}x{width}"
@@ -133,7 +133,7 @@ def prepare_tall(args) -> Path:
 def prepare(args, size: int) -> Path:
     """A synthetic ``size`` x ``size`` source (and with ``--precut`` its windows) under OUT/SIZE (cached);
     above ``--block`` pixels a side, the block repeated."""
-    from cropmap.synthetic import write_image
+    from cropmap.data.synthetic import write_image
 
     root = Path(args.out) / str(size)
     src = source_of(root)
@@ -206,13 +206,13 @@ def throughput(args) -> dict:
     """In this process: pure forward, predict from the source, (pre-cut windows,) zero model; best of repeats."""
     import torch
 
-    from cropmap.checkpoint import load_model
-    from cropmap.data import normalize
-    from cropmap.device import amp_dtype as amp_rule, select_device
-    from cropmap.inference import keep_freed_memory, predict_from_source, predict_image
-    from cropmap.layout import tiles_csv, window_folder, windows_dir
+    from cropmap.train.checkpoint import load_model
+    from cropmap.data.normalize import normalize
+    from cropmap.core.device import amp_dtype as amp_rule, select_device
+    from cropmap.predict.inference import keep_freed_memory, predict_from_source, predict_image
+    from cropmap.core.layout import tiles_csv, window_folder, windows_dir
     from cropmap.raster import raster_info
-    from cropmap.tiling import read_tiles_csv
+    from cropmap.data.tiling import read_tiles_csv
 
     torch.set_num_threads(args.threads)
     keep_freed_memory()  # as predict does, for the pure forward too

@@ -8,7 +8,7 @@ Run by hand from the repository root (about 1 minute per rendering and checkpoin
     python bench/shift.py --checkpoints A.pth --radiometry none --adapt_bn 0 64   # BatchNorm adaptation
 
 The test images of the demo's synthetic set (same seeds, so the same fields) are rendered into
-``--work_dir`` five times (:mod:`cropmap.synthetic`): with the shifted acquisition's class mix only
+``--work_dir`` five times (:mod:`cropmap.data.synthetic`): with the shifted acquisition's class mix only
 (``classmix``, otherwise the training rendering), plus its ground resolution (``scale``), plus its
 illumination, colour balance, tone curve and haze (``photo``), plus its blur and noise (``sensor``), and
 the whole shifted acquisition (``all``, what ``make_synthetic_data.py`` writes). Each checkpoint predicts
@@ -31,10 +31,10 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.tricks import run, score  # noqa: E402
-from cropmap import synthetic  # noqa: E402
-from cropmap.cli import positive_int, run_cli  # noqa: E402
-from cropmap.layout import TEST_SOURCE_DIR, label_path, map_path  # noqa: E402
-from cropmap.metrics import class_names, iou_from_confusion  # noqa: E402
+from cropmap.data import synthetic  # noqa: E402
+from cropmap.core.cli import positive_int, run_cli  # noqa: E402
+from cropmap.core.layout import TEST_SOURCE_DIR, label_path, map_path  # noqa: E402
+from cropmap.core.metrics import class_names, iou_from_confusion  # noqa: E402
 
 
 def renderings() -> dict[str, synthetic.Acquisition]:

@@ -67,7 +67,7 @@ def worker(args) -> dict:
                 pass
     elif args.worker in ("ours", "checkfirst"):
         import generate_train_data
-        from cropmap import cut
+        from cropmap.data import cut
 
         if args.worker == "checkfirst":
             from cropmap.raster import iter_strips
@@ -119,7 +119,7 @@ def write_repeated(src: Path, label: Path, height: int, width: int, block: int =
     import numpy as np
     from tqdm import tqdm
 
-    from cropmap import synthetic
+    from cropmap.data import synthetic
     from cropmap.raster import open_writer
 
     rgba, lab = synthetic.synthesize_rows(1, block, block, 0, block)
@@ -136,7 +136,7 @@ def main(args) -> None:
     if args.worker:
         print(json.dumps(worker(args)))
         return
-    from cropmap import synthetic
+    from cropmap.data import synthetic
 
     out = Path(args.out)
     src = out / f"src_{args.height}x{args.width}{'_repeat' if args.repeat else ''}" / "bench.png"

@@ -34,8 +34,8 @@ import time
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cropmap import engine  # noqa: E402
-from cropmap.cli import run_cli  # noqa: E402
+from cropmap.train import engine  # noqa: E402
+from cropmap.core.cli import run_cli  # noqa: E402
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -138,7 +138,7 @@ def repeated_root(data_root: str, times: int, folder: str) -> str:
     validation tiles once); ``train/data`` and ``train/label`` link to those of ``data_root``."""
     import csv
 
-    from cropmap.layout import tiles_csv, train_dir, train_tile_dirs
+    from cropmap.core.layout import tiles_csv, train_dir, train_tile_dirs
 
     src, dst = train_dir(data_root), train_dir(folder)
     dst.mkdir(parents=True)
@@ -167,13 +167,13 @@ def main(args: argparse.Namespace) -> dict:
 def run(args: argparse.Namespace) -> dict:
     from torch.utils.data import DataLoader
 
-    from cropmap.data import collate
+    from cropmap.data.dataset import collate
 
     args.iters_per_epoch = None
     trainer = engine.Trainer(args)
     need = args.warmup + args.iters
     if len(trainer.sampler) < need:
-        from cropmap.cli import InputError
+        from cropmap.core.errors import InputError
 
         raise InputError(f"{len(trainer.sampler)} batches per epoch, fewer than --warmup + --iters = {need}")
     single = DataLoader(trainer.train_set, batch_sampler=trainer.sampler, num_workers=0, collate_fn=collate)

@@ -20,7 +20,7 @@ every model predicts the test images (the demo's windows: 256 px every 128 px, G
 * ``fill_hole.py --method area --min_area N`` and ``--method close --radius R``;
 * ``fill_hole.py --method morph`` (the demo's hole filling), for comparison.
 
-Every map is scored with the one metric (``cropmap.scoring.score_map``) on the test images, the shifted
+Every map is scored with the one metric (``cropmap.maps.scoring.score_map``) on the test images, the shifted
 acquisition by default (``make_synthetic_data.py``), and on the validation images (``make_val_images.py``:
 the training images' validation blocks). Prints one Markdown table: per trick the test mIoU of each seed,
 their mean and spread (max - min) and the change against the baseline of the same seed, and the same for
@@ -43,11 +43,11 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 import numpy as np  # noqa: E402
 
-from cropmap.cli import nonneg_int, positive_int, run_cli, seed_int  # noqa: E402
-from cropmap.files import atomic_path  # noqa: E402
-from cropmap.layout import (DEFAULT_TEST_IMAGES, TEST_SOURCE_DIR, checkpoint_path, label_path, map_path,  # noqa: E402
-                            model_dir, source_path, tiles_csv, train_dir, windows_dir)
-from cropmap.metrics import iou_from_confusion  # noqa: E402
+from cropmap.core.cli import nonneg_int, positive_int, run_cli, seed_int  # noqa: E402
+from cropmap.core.files import atomic_path  # noqa: E402
+from cropmap.core.layout import (DEFAULT_TEST_IMAGES, TEST_SOURCE_DIR, checkpoint_path, label_path, map_path,  # noqa: E402
+                                 model_dir, source_path, tiles_csv, train_dir, windows_dir)
+from cropmap.core.metrics import iou_from_confusion  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = {"focal": ("train_focalloss.py", "deeplabv3"), "ce": ("train.py", "deeplabv3")}
@@ -82,7 +82,7 @@ def run(cmd: list[str]) -> None:
 
 def score(maps: dict[str, Path], sources: dict[str, Path]) -> np.ndarray:
     """Confusion matrix ``int64 [4, 4]`` of the maps (image -> path) over their labelled sources."""
-    from cropmap.scoring import score_map
+    from cropmap.maps.scoring import score_map
 
     total = np.zeros((4, 4), np.int64)
     for image, path in maps.items():

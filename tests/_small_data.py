@@ -2,7 +2,7 @@
 
 * :func:`make_layout` - the contract's layout with tiny sources: image_1/image_2 (+ labels) for training,
   image_3/image_4 for testing, RGBA with a no-data corner;
-* :func:`run_script` - parse and run ``module.main`` through :func:`cropmap.cli.run_cli`, as ``python
+* :func:`run_script` - parse and run ``module.main`` through :func:`cropmap.core.cli.run_cli`, as ``python
   module.py ...`` would, and return the exit status and what it printed;
 * :func:`constant_model` / :func:`fake_checkpoints` - predict.py without a trained model.
 """
@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cropmap import checkpoint
-from cropmap.cli import run_cli
+from cropmap.train import checkpoint
+from cropmap.core.cli import run_cli
 from cropmap.raster import write_png
 
 TRAIN_SRC = "jingwei_round1_train_20190619"

@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from cropmap.adapt import MIN_VALID, adapt_batchnorm, restore_batchnorm, sample_groups, save_batchnorm
-from cropmap.data import normalize
-from cropmap.inference import predict_from_source, predict_image
+from cropmap.predict.adapt import MIN_VALID, adapt_batchnorm, restore_batchnorm, sample_groups, save_batchnorm
+from cropmap.data.normalize import normalize
+from cropmap.predict.inference import predict_from_source, predict_image
 from cropmap.raster import read_png, write_png
 from test_predict import write_windows
 
@@ -231,7 +231,7 @@ def test_adaptation_undoes_a_new_acquisition_and_is_restored(tmp_path):
 def test_predict_py_adapt_bn_flag(tmp_path, monkeypatch):
     """predict.py --adapt_bn N hands N on and records the windows used in the sidecar (a DeepLabv3 checkpoint)."""
     import predict
-    from cropmap.checkpoint import save_checkpoint
+    from cropmap.train.checkpoint import save_checkpoint
     from models import build_model
 
     source, _ = _shifted_source(tmp_path)

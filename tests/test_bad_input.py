@@ -19,12 +19,14 @@ import torch
 from _small_data import (TEST_SRC, TRAIN_SRC, assert_one_error, assert_parse_error, error_lines, fake_checkpoints,
                          make_layout, make_source, run_script)
 from _train_fixtures import make_tiles
-from cropmap import cli, engine
-from cropmap.cli import InputError, run_cli, typed_flags
-from cropmap.device import select_device
-from cropmap.files import atomic_path
+from cropmap.core import cli
+from cropmap.train import engine
+from cropmap.core.cli import run_cli, typed_flags
+from cropmap.core.errors import InputError
+from cropmap.core.device import select_device
+from cropmap.core.files import atomic_path
 from cropmap.raster import raster_info, read_png, write_png
-from cropmap.tiling import read_tiles_csv
+from cropmap.data.tiling import read_tiles_csv
 
 
 @pytest.fixture(autouse=True)
@@ -207,7 +209,7 @@ class Poison(engine.Hook):
 def test_nan_loss_stops_training_and_never_becomes_best(tiles, tmp_path, capfd):
     root = fresh_root(tmp_path, tiles)
     argv = train_argv(root, "--epochs", "3", "--iters_per_epoch", "2", "--exp", "nan")
-    rc, out, err = run_script("cropmap.engine", argv, capfd, hooks=[Poison(epoch=1)])
+    rc, out, err = run_script("cropmap.train.engine", argv, capfd, hooks=[Poison(epoch=1)])
     assert_one_error(rc, err, "epoch 2", "loss became nan", "--base_lr")
     model = root / "model"
     best = torch.load(model / "deeplabv3_resnet18_nan_best.pth", weights_only=True)

@@ -8,11 +8,12 @@ import cv2
 import numpy as np
 import pytest
 
-from cropmap.cleanup import close_stage, remove_small_components
+from cropmap.maps.cleanup import close_stage, remove_small_components
 from cropmap.raster import read_png, write_png
-from cropmap.postprocess import fill_map, iter_banded
+from cropmap.maps.postprocess import fill_map
+from cropmap.raster.bands import iter_banded
 from cropmap.raster import IGNORE
-from cropmap.stitch import BandStitcher, centre_window
+from cropmap.predict.stitch import BandStitcher, centre_window
 
 ROOT = Path(__file__).resolve().parents[1]
 

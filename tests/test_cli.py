@@ -6,7 +6,8 @@ import sys
 
 import pytest
 
-from cropmap import cli, layout
+from cropmap.core import cli, errors
+from cropmap.core import layout
 
 
 class _Pipe(io.StringIO):
@@ -35,9 +36,9 @@ def test_progress_prints_one_line_per_step_when_not_a_terminal(monkeypatch):
 
 
 def test_short_and_int_list():
-    assert cli.short(ValueError("first\n\n second \nthird\nfourth")) == "first second third"
-    assert cli.short(ValueError("x" * 500)) == "x" * cli.MAX_LINE
-    assert cli.short(KeyError()) == "KeyError"
+    assert errors.short(ValueError("first\n\n second \nthird\nfourth")) == "first second third"
+    assert errors.short(ValueError("x" * 500)) == "x" * errors.MAX_LINE
+    assert errors.short(KeyError()) == "KeyError"
     assert cli.int_list("512, 448") == [512, 448]
     with pytest.raises(argparse.ArgumentTypeError, match="comma-separated integers"):
         cli.int_list("1,a")
@@ -45,7 +46,7 @@ def test_short_and_int_list():
 
 def test_run_cli_turns_input_errors_into_one_line(capsys):
     def main(args):
-        raise cli.InputError("a.png: file not found")
+        raise errors.InputError("a.png: file not found")
 
     assert cli.run_cli(main, None) == 2
     assert capsys.readouterr().err == "error: a.png: file not found\n"

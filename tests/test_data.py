@@ -1,4 +1,4 @@
-"""Tests of cropmap.data: augmentations keep image and label aligned, padding, normalisation,
+"""Tests of cropmap.data.dataset: augmentations keep image and label aligned, padding, normalisation,
 the tiles.csv data set and its errors, the seeded multi-scale sampler and oversampling."""
 
 import csv
@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from _train_fixtures import make_tiles
-from cropmap import data
-from cropmap.cli import InputError
+from cropmap.data import dataset as data
+from cropmap.data import normalize as norm
+from cropmap.core.errors import InputError
 from cropmap.raster import IGNORE, write_png
 
 
@@ -84,8 +85,8 @@ def test_pad_to_multiple():
 
 
 def test_normalize_values():
-    mean = np.array(data.IMAGENET_MEAN)
-    std = np.array(data.IMAGENET_STD)
+    mean = np.array(norm.IMAGENET_MEAN)
+    std = np.array(norm.IMAGENET_STD)
     image = np.zeros((2, 3, 3), np.uint8)
     image[0, 0] = 255
     image[1, 2] = np.rint(mean * 255).astype(np.uint8)
@@ -97,7 +98,7 @@ def test_normalize_values():
     # a batch of RGBA windows (prediction) is normalised the same way; alpha is dropped
     rgba = np.concatenate([image, np.full((2, 3, 1), 7, np.uint8)], axis=2)
     batch = torch.from_numpy(np.stack([rgba, rgba])).permute(0, 3, 1, 2)
-    xb = data.normalize(batch)
+    xb = norm.normalize(batch)
     assert xb.shape == (2, 3, 2, 3) and torch.equal(xb[1], x)
 
 

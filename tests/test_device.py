@@ -1,4 +1,4 @@
-"""The device rule and the mixed-precision rule (cropmap.device), on a CPU with CUDA faked.
+"""The device rule and the mixed-precision rule (cropmap.core.device), on a CPU with CUDA faked.
 
 ``torch.cuda.set_device`` refuses a device without an index (``ValueError: Expected a torch.device with a
 specified index``), which stopped every training script on a GPU machine; the fake below refuses it the
@@ -8,10 +8,11 @@ same way and records what it receives.
 import pytest
 import torch
 
-from cropmap import checkpoint as ckpt
-from cropmap import device as devices
-from cropmap import engine
-from cropmap.cli import InputError, run_cli
+from cropmap.train import checkpoint as ckpt
+from cropmap.core import device as devices
+from cropmap.train import engine
+from cropmap.core.cli import run_cli
+from cropmap.core.errors import InputError
 
 
 class FakeCuda:
@@ -154,7 +155,7 @@ def _dtype_probe():
 
 def test_prediction_and_evaluation_autocast_in_the_rule_dtype():
     """forward_probs (prediction) and evaluate (validation) run the forward in amp_dtype('cpu') = bf16."""
-    from cropmap.inference import forward_probs
+    from cropmap.predict.inference import forward_probs
 
     model, seen = _dtype_probe()
     x = torch.randn(2, 3, 32, 32)

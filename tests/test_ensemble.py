@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cropmap import ensemble
-from cropmap.cli import InputError
+from cropmap.maps import ensemble
+from cropmap.core.errors import InputError
 from cropmap.raster import read_png, write_png
-from cropmap.metrics import ConfusionMatrix
-from cropmap.postprocess import vote_maps, vote_strip
+from cropmap.core.metrics import ConfusionMatrix
+from cropmap.maps.postprocess import vote_maps, vote_strip
 
 ROOT = Path(__file__).resolve().parents[1]
 

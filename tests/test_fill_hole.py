@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from cropmap.raster import IGNORE, read_png, write_png
-from cropmap.postprocess import fill_components, fill_map, iter_banded, square_stage
+from cropmap.maps.postprocess import fill_components, fill_map, square_stage
+from cropmap.raster.bands import iter_banded
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -13,11 +13,11 @@ import pytest
 import rasterio
 
 from _cog import cog_problems
-from cropmap.cli import InputError
+from cropmap.core.errors import InputError
 from cropmap.raster import (RasterInfo, check_image, check_label, check_label_values, check_map, iter_row_windows,
                             iter_strips, open_writer, raster_info, read_png, write_png)
 from cropmap.raster.geotiff import make_georef
-from cropmap.stitch import PALETTE
+from cropmap.core.classes import PALETTE
 
 ROOT = Path(__file__).resolve().parents[1]
 CRS = "EPSG:32648"

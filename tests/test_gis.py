@@ -18,8 +18,8 @@ import score
 import vote
 from _cog import cog_problems
 from _small_data import fake_checkpoints
-from cropmap.cli import InputError
-from cropmap.layout import TEST_SOURCE_DIR
+from cropmap.core.errors import InputError
+from cropmap.core.layout import TEST_SOURCE_DIR
 from cropmap.raster import iter_strips, raster_info
 from test_geotiff import write_tif
 from test_polygonize import components, read_fields

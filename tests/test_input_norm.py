@@ -5,8 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from cropmap import data, engine
-from cropmap.cli import InputError
+from cropmap.data import dataset as data
+from cropmap.data import normalize as norm
+from cropmap.train import engine
+from cropmap.core.errors import InputError
 from cropmap.raster import IGNORE, read_png, write_png
 
 from _train_fixtures import make_tiles, tiny_args
@@ -16,7 +18,7 @@ def _reference(rgb: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """``window`` normalisation in numpy, float64: ``rgb uint8 [H, W, 3]``, ``valid bool [H, W]`` -> ``[3, H, W]``."""
     x = rgb.astype(np.float64) / 255
     v = x[valid]
-    out = (x - v.mean(0)) / (v.std(0) + data.WINDOW_STD_FLOOR)
+    out = (x - v.mean(0)) / (v.std(0) + norm.WINDOW_STD_FLOOR)
     out[~valid] = 0
     return out.transpose(2, 0, 1)
 
@@ -28,23 +30,23 @@ def test_window_normalisation_per_image_and_channel_over_valid_pixels():
     rgba[0, :4, :5] = 0  # no-data corner of the first window: not counted, output 0
     rgba[1, ..., :3] //= 3  # a darker second window: its own statistics
     batch = torch.from_numpy(rgba).permute(0, 3, 1, 2)
-    out = data.normalize(batch, "window")
+    out = norm.normalize(batch, "window")
     assert out.dtype == torch.float32 and out.shape == (2, 3, 12, 10)
     for i in range(2):
         want = _reference(rgba[i, ..., :3], rgba[i, ..., 3] == 255)
         np.testing.assert_allclose(out[i].numpy(), want, atol=1e-5)
     assert (out[0, :, :4, :5] == 0).all()
-    alone = data.normalize(batch[1:], "window")  # a window's result does not depend on its batch
+    alone = norm.normalize(batch[1:], "window")  # a window's result does not depend on its batch
     assert torch.allclose(alone[0], out[1])
     # without alpha, no-data is black; an explicit mask wins over both
     rgb = batch[:, :3].clone()
-    assert torch.allclose(data.normalize(rgb, "window"), out, atol=1e-6)
+    assert torch.allclose(norm.normalize(rgb, "window"), out, atol=1e-6)
     mask = torch.ones((2, 12, 10), dtype=torch.bool)
-    full = data.normalize(batch, "window", valid=mask)
+    full = norm.normalize(batch, "window", valid=mask)
     want = _reference(rgba[0, ..., :3], np.ones((12, 10), bool))
     np.testing.assert_allclose(full[0].numpy(), want, atol=1e-5)
     with pytest.raises(ValueError, match="input normalisation"):
-        data.normalize(batch, "per-pixel")
+        norm.normalize(batch, "per-pixel")
 
 
 def test_window_normalisation_undoes_what_an_acquisition_changes():
@@ -63,8 +65,8 @@ def test_window_normalisation_undoes_what_an_acquisition_changes():
         tb = torch.from_numpy(np.clip(np.rint(shifted), 0, 255).astype(np.uint8)).permute(2, 0, 1)
         change = {}  # mean change of the input, relative to the spread of the unshifted input
         for mode in ("window", "imagenet"):
-            ref = data.normalize(ta, mode)
-            change[mode] = ((data.normalize(tb, mode) - ref).abs().mean() / ref.std()).item()
+            ref = norm.normalize(ta, mode)
+            change[mode] = ((norm.normalize(tb, mode) - ref).abs().mean() / ref.std()).item()
         assert change["window"] < 0.15 and change["imagenet"] > 2 * change["window"], change
 
 
@@ -93,7 +95,7 @@ def test_checkpoint_records_the_normalisation_and_prediction_repeats_it(tmp_path
     """The checkpoint says which normalisation its model was trained with; predict.py and evaluation
     without --train use it, and a checkpoint that says nothing (older) gets the original's."""
     import predict
-    from cropmap.inference import predict_from_source as real_predict
+    from cropmap.predict.inference import predict_from_source as real_predict
 
     root = make_tiles(tmp_path / "d", n_train=8, n_val=2)
     last = _train(root)

@@ -1,4 +1,4 @@
-"""Tests of cropmap.metrics: confusion-matrix IoU as the contract defines it."""
+"""Tests of cropmap.core.metrics: confusion-matrix IoU as the contract defines it."""
 
 import math
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-import cropmap.metrics as metrics
-from cropmap.metrics import CLASS_NAMES, ConfusionMatrix, class_names, iou_from_confusion
+import cropmap.core.metrics as metrics
+from cropmap.core.metrics import CLASS_NAMES, ConfusionMatrix, class_names, iou_from_confusion
 
 # 10 pixels; the last has label 255 (ignored) and a prediction that must not be counted.
 LABELS = np.array([0, 0, 0, 1, 1, 2, 2, 2, 3, 255])

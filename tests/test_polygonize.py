@@ -15,8 +15,8 @@ import shapely
 from pyogrio.raw import read as read_vector
 from rasterio.features import shapes
 
-from cropmap.cli import InputError
-from cropmap.polygons import Polygonizer, polygonize_map, trace_band
+from cropmap.core.errors import InputError
+from cropmap.maps.polygons import Polygonizer, polygonize_map, trace_band
 from cropmap.raster import RasterInfo, open_writer, write_png
 from cropmap.raster.geotiff import make_georef
 

@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from cropmap.cli import InputError
+from cropmap.core.errors import InputError
 from cropmap.raster import read_png, write_png
-from cropmap.data import IMAGENET_MEAN, IMAGENET_STD
-from cropmap.inference import predict_image
-from cropmap.layout import prob_paths, window_folder
-from cropmap.stitch import BandStitcher, PreviewCanvas, weight_window
-from cropmap.tiling import iter_tiles
+from cropmap.data.normalize import IMAGENET_MEAN, IMAGENET_STD
+from cropmap.predict.inference import predict_image
+from cropmap.core.layout import prob_paths, window_folder
+from cropmap.predict.stitch import BandStitcher, PreviewCanvas, weight_window
+from cropmap.data.tiling import iter_tiles
 
 from _small_data import fake_checkpoints
 
@@ -187,7 +187,7 @@ def test_histogram_radiometry_restores_the_training_rendering(tmp_path, monkeypa
     import json
 
     import predict
-    from cropmap.radiometry import ChannelStats
+    from cropmap.data.radiometry import ChannelStats
 
     source, label, alpha = make_source(tmp_path, 80, 100)
     train = read_png(source)

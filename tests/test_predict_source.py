@@ -10,13 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from cropmap.checkpoint import save_checkpoint
-from cropmap.cli import InputError, run_cli
-from cropmap.inference import assign_images, predict_from_source, predict_image
-from cropmap.layout import TEST_SOURCE_DIR, prob_paths
+from cropmap.train.checkpoint import save_checkpoint
+from cropmap.core.cli import run_cli
+from cropmap.core.errors import InputError
+from cropmap.predict.inference import assign_images, predict_from_source, predict_image
+from cropmap.core.layout import TEST_SOURCE_DIR, prob_paths
 from cropmap.raster import read_png, write_png
-from cropmap.tiling import grid_positions
-from cropmap.windows import batch_bounds, group_rows, share_groups
+from cropmap.data.tiling import grid_positions
+from cropmap.predict.windows import batch_bounds, group_rows, share_groups
 from _small_data import fake_checkpoints
 from test_predict import NUM_CLASSES, expected, make_source, oracle, write_windows
 
@@ -205,7 +206,7 @@ def test_torchrun_two_processes_write_the_same_maps(tmp_path):
 def test_spooled_rows_reach_the_writer_as_one_process_writes_them(tmp_path, monkeypatch):
     """Processes 1..N-1 spool their strips; the first replays them with the same writes, in the same order
     (so that the encoded file is byte for byte one process's, whatever the format's chunking)."""
-    import cropmap.outputs as outputs
+    import cropmap.predict.outputs as outputs
 
     calls = []
 

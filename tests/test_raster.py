@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cropmap import synthetic
-from cropmap.cli import InputError
+from cropmap.data import synthetic
+from cropmap.core.errors import InputError
 from cropmap.raster import check_label_values, iter_row_windows, iter_strips, raster_info, read_png, write_png
 from cropmap.raster.png import StripWriter as PngStripWriter
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from cropmap.raster import write_png
-from cropmap.scoring import score_dict, score_map
+from cropmap.maps.scoring import score_dict, score_map
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,7 +64,7 @@ def test_score_hand_computed(tmp_path):
 
 
 def test_score_streams_many_strips(tmp_path, monkeypatch):
-    import cropmap.scoring as scoring
+    import cropmap.maps.scoring as scoring
 
     monkeypatch.setattr(scoring, "strip_rows", lambda w, **_: 7)  # many uneven strips
     h = 101

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cropmap.postprocess import fill_map
+from cropmap.maps.postprocess import fill_map
 from cropmap.raster import IGNORE, read_png, write_png
-from cropmap.segments import QUANT, edge_threshold, gradient_magnitude, segment_stage, vote_segments
+from cropmap.maps.segments import QUANT, edge_threshold, gradient_magnitude, segment_stage, vote_segments
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,7 +23,7 @@ def test_gradient_of_a_step_is_the_sobel_value():
     np.testing.assert_array_equal(mag, want)
     # the column chunks of a wide block give the same result as one piece
     wide = np.random.default_rng(0).integers(0, 256, (9, 5000, 3)).astype(np.uint8)
-    from cropmap import segments
+    from cropmap.maps import segments
 
     whole = gradient_magnitude(wide, 1.5)
     old = segments.COL_CHUNK

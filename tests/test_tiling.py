@@ -14,7 +14,7 @@ import pytest
 import generate_test_data
 import generate_train_data
 from cropmap.raster import IGNORE, read_png, write_png
-from cropmap.tiling import grid_positions, read_tiles_csv
+from cropmap.data.tiling import grid_positions, read_tiles_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_SRC = "jingwei_round1_train_20190619"

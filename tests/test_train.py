@@ -1,4 +1,4 @@
-"""Tests of the training loop (cropmap.engine), its five entry scripts and cropmap.checkpoint.
+"""Tests of the training loop (cropmap.train.engine), its five entry scripts and cropmap.train.checkpoint.
 
 Everything runs on the CPU with ResNet-18 DeepLabv3 (ResNet-34 U-Net for its script) on tiny
 coloured-stripe tiles (tests/_train_fixtures.py), a few iterations each.
@@ -18,9 +18,10 @@ import torch
 from PIL import Image
 
 from _train_fixtures import make_tiles, tiny_args
-from cropmap import checkpoint as ckpt
-from cropmap import engine
-from cropmap.cli import InputError, run_cli
+from cropmap.train import checkpoint as ckpt
+from cropmap.train import engine
+from cropmap.core.cli import run_cli
+from cropmap.core.errors import InputError
 from models import UNetResNet
 
 ROOT = Path(__file__).resolve().parents[1]

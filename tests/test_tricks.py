@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from cropmap import engine
-from cropmap.augment import acquisition_jitter, color_jitter
-from cropmap.data import TileDataset
+from cropmap.train import engine
+from cropmap.data.augment import acquisition_jitter, color_jitter
+from cropmap.data.dataset import TileDataset
 from cropmap.raster import IGNORE
-from cropmap.metrics import ConfusionMatrix, exclude_absent
+from cropmap.core.metrics import ConfusionMatrix, exclude_absent
 from losses import build_loss, edge_smoothing_targets
 
 from _train_fixtures import make_tiles, tiny_args
@@ -320,7 +320,7 @@ def test_adamw_optimizer_flag(tmp_path):
 def test_radiometric_matching_undoes_gain_and_offset(tmp_path):
     """A window rendered with another gain/offset per channel is mapped back to the reference rendering."""
     from cropmap.raster import write_png
-    from cropmap.radiometry import apply_affine, match_affine, window_stats
+    from cropmap.data.radiometry import apply_affine, match_affine, window_stats
 
     rng = np.random.default_rng(0)
     ref = rng.integers(60, 160, (3, 48, 48, 3)).astype(np.float64)
@@ -351,7 +351,7 @@ def test_radiometric_matching_undoes_gain_and_offset(tmp_path):
 def test_histogram_matching_undoes_a_tone_curve_and_gains():
     """A monotone change per channel (gain, gamma, offset) is undone to within one level, which an affine
     match cannot do for a gamma; equal histograms give the identity; an empty histogram is refused."""
-    from cropmap.radiometry import ChannelStats, match_affine, match_histogram
+    from cropmap.data.radiometry import ChannelStats, match_affine, match_histogram
 
     rng = np.random.default_rng(2)
     ref = rng.integers(10, 240, (20000, 3)).astype(np.uint8)
@@ -375,7 +375,7 @@ def test_histogram_matching_undoes_a_tone_curve_and_gains():
 
 
 def test_apply_lut_leaves_nodata_alone():
-    from cropmap.radiometry import apply_lut
+    from cropmap.data.radiometry import apply_lut
 
     rgba = torch.zeros((2, 4, 5, 6), dtype=torch.uint8)
     rgba[:, :3] = torch.randint(0, 256, (2, 3, 5, 6), dtype=torch.uint8)
@@ -411,9 +411,9 @@ def test_checkpoint_carries_training_tile_stats(tmp_path):
 def test_source_stats_and_matching_on_the_source_path(tmp_path):
     """Statistics of a source image in strips (every row_step-th row of valid pixels), and the transform
     applied to the windows read from the source before the model sees them."""
-    from cropmap.inference import predict_from_source
+    from cropmap.predict.inference import predict_from_source
     from cropmap.raster import read_png, write_png
-    from cropmap.radiometry import apply_affine, source_stats
+    from cropmap.data.radiometry import apply_affine, source_stats
 
     rng = np.random.default_rng(1)
     rgba = np.zeros((70, 90, 4), np.uint8)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from cropmap.raster import read_png, write_png
-from cropmap.postprocess import vote_maps, vote_strip
+from cropmap.maps.postprocess import vote_maps, vote_strip
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -7,9 +7,7 @@ from typing import Any
 
 import numpy as np
 
-#: The one value for "ignored / no data" inside the pipeline: label tiles and work strips hold 255 where
-#: the source is not valid; the metric and the losses ignore it. (Maps on disk hold 0 there.)
-IGNORE = 255
+from cropmap.core.classes import IGNORE  # noqa: F401 (re-exported: the raster layer's no-data value)
 
 #: Colour names by channel count, as error messages show them.
 COLOR_NAMES = {1: "grayscale", 2: "grayscale+alpha", 3: "RGB", 4: "RGBA"}

@@ -6,9 +6,9 @@ import os
 
 import numpy as np
 
-from ..cli import InputError
-from .base import IGNORE, RasterInfo
-from .formats import histogram, raster_info
+from cropmap.core.errors import InputError
+from cropmap.raster.base import IGNORE, RasterInfo
+from cropmap.raster.formats import histogram, raster_info
 
 
 def check_image(path: str | os.PathLike) -> RasterInfo:

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..cli import InputError
-from . import geotiff, png
-from .base import RasterInfo
+from cropmap.core.errors import InputError
+from cropmap.raster import geotiff, png
+from cropmap.raster.base import RasterInfo
 
 #: file suffix (lower case) -> format module
 FORMATS = {".png": png, ".tif": geotiff, ".tiff": geotiff}

@@ -32,9 +32,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..cli import InputError, short
-from ..files import temporary_path
-from .base import COLOR_NAMES, Georef, RasterInfo, StreamingWriter
+from cropmap.core.errors import InputError, short
+from cropmap.core.files import temporary_path
+from cropmap.raster.base import COLOR_NAMES, Georef, RasterInfo, StreamingWriter
 
 FORMAT = "geotiff"
 BLOCK = 512  # tile side of written files (GDAL's COG default)
@@ -237,9 +237,9 @@ def histogram(path: str | os.PathLike) -> np.ndarray:
 
 
 def class_colormap(nodata_class: bool) -> dict[int, tuple[int, int, int, int]]:
-    """The colour table of class rasters: the contract's class colours (``cropmap.stitch.PALETTE``)
+    """The colour table of class rasters: the contract's class colours (``cropmap.core.classes.PALETTE``)
     for values 0.., grey for 255 (ignore); value 0 transparent when it is the map's nodata."""
-    from ..stitch import PALETTE
+    from cropmap.core.classes import PALETTE
 
     table = {i: (int(r), int(g), int(b), 255) for i, (r, g, b) in enumerate(PALETTE)}
     table[255] = (128, 128, 128, 255)

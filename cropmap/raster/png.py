@@ -20,9 +20,9 @@ from typing import Iterator
 
 import numpy as np
 
-from ..cli import InputError, short
-from ..files import atomic_path, temporary_path
-from .base import RasterInfo, StreamingWriter
+from cropmap.core.errors import InputError, short
+from cropmap.core.files import atomic_path, temporary_path
+from cropmap.raster.base import RasterInfo, StreamingWriter
 
 FORMAT = "png"
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -259,7 +259,7 @@ def write_png(path: str | os.PathLike, array: np.ndarray, compression: int | Non
     ``compression``: None keeps OpenCV's default (RLE, sub filter: as small as level 1 and twice as
     fast); 0 stores the rows uncompressed (about 9x faster to write than the default, and to read;
     files about twice as large on noisy imagery); 1-9 is zlib's level. ``clean``: delete what an
-    interrupted run left for ``path`` first (see :func:`cropmap.files.temporary_path`).
+    interrupted run left for ``path`` first (see :func:`cropmap.core.files.temporary_path`).
     """
     import cv2
 

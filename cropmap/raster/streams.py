@@ -7,8 +7,8 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from .base import valid_mask
-from .formats import open_reader, raster_info
+from cropmap.raster.base import valid_mask
+from cropmap.raster.formats import open_reader, raster_info
 
 #: Bytes per strip (all files together) when several rasters are read in step: 8 MiB.
 STRIP_BYTES = 8 << 20

@@ -10,15 +10,15 @@
 * :func:`get_args_parser` - the flags every training script shares.
 
 Each entry script builds its parser on :func:`get_args_parser` (``set_defaults``) and calls :func:`main`.
-A variant that needs new logic adds a flag here or a :class:`~cropmap.hooks.Hook`, never a copy of the loop.
-Checkpoints are laid out by :mod:`cropmap.checkpoint`, logs written by :mod:`cropmap.runlog`.
+A variant that needs new logic adds a flag here or a :class:`~cropmap.train.hooks.Hook`, never a copy of the loop.
+Checkpoints are laid out by :mod:`cropmap.train.checkpoint`, logs written by :mod:`cropmap.train.runlog`.
 
 Distributed: under ``torchrun --nproc_per_node N`` each process trains on its share of every epoch's
 batches (DistributedDataParallel, NCCL on GPUs, gloo on CPU); ``--batch_size`` is per process; only
 rank 0 writes files.
 
 Reproducibility: the model is initialised from ``--seed``; every epoch's tile order and augmentations
-are a function of ``(seed, epoch)`` (see :mod:`cropmap.data`); checkpoints carry the optimizer,
+are a function of ``(seed, epoch)`` (see :mod:`cropmap.data.dataset`); checkpoints carry the optimizer,
 schedules, hook states (SWA), AMP scaler and random states, so a run resumed with ``--resume`` from
 ``..._last.pth`` ends with the same weights as one that was never interrupted.
 """
@@ -40,20 +40,22 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from . import checkpoint as ckpt
-from .cli import (ArgumentParser, InputError, add_hardware_args, nonneg_float, nonneg_int, num_classes_int,
-                  plain_flags, positive_float, positive_int, positive_int_list, progress as progress_bar, ranged,
-                  seed_int, short, typed_flags, unit_float)
-from .device import amp_dtype, local_rank, select_device
-from .data import (INPUT_NORMS, MultiScaleBatchSampler, TileDataset, checked, collate, oversample_weights,
-                   shard_indices)
-from .files import check_output_dir, copy_atomic
-from .hooks import EMAHook, Hook, SWAHook
-from .layout import checkpoint_path, model_dir, run_name
-from .metrics import ConfusionMatrix, exclude_absent
-from .radiometry import tile_stats
-from .raster import IGNORE
-from .runlog import epoch_row, write_logs
+from cropmap.train import checkpoint as ckpt
+from cropmap.core.cli import (ArgumentParser, add_hardware_args, nonneg_float, nonneg_int, num_classes_int,
+                              plain_flags, positive_float, positive_int, positive_int_list, progress as progress_bar,
+                              ranged, seed_int, typed_flags, unit_float)
+from cropmap.core.errors import InputError, short
+from cropmap.core.device import amp_dtype, local_rank, select_device
+from cropmap.data.dataset import (MultiScaleBatchSampler, TileDataset, checked, collate, oversample_weights,
+                                  shard_indices)
+from cropmap.data.normalize import INPUT_NORMS
+from cropmap.core.files import check_output_dir, copy_atomic
+from cropmap.train.hooks import EMAHook, Hook, SWAHook
+from cropmap.core.layout import checkpoint_path, model_dir, run_name
+from cropmap.core.metrics import ConfusionMatrix, exclude_absent
+from cropmap.data.radiometry import tile_stats
+from cropmap.raster import IGNORE
+from cropmap.train.runlog import epoch_row, write_logs
 
 __all__ = ["Hook", "SWAHook", "Trainer", "evaluate", "get_args_parser", "main"]
 
@@ -119,7 +121,7 @@ def restore_run_flags(args: argparse.Namespace) -> None:
     A flag typed again keeps its typed value if it is one of :data:`RESUME_MAY_CHANGE`; any other typed
     flag must equal the checkpoint's (:class:`InputError` otherwise: it would change the model, the
     data or the optimisation of a run that is meant to continue). Flags the checkpoint does not know
-    (added since) keep their value. Which flags were typed comes from :func:`cropmap.cli.typed_flags`;
+    (added since) keep their value. Which flags were typed comes from :func:`cropmap.core.cli.typed_flags`;
     a namespace not parsed by :func:`get_args_parser` counts every flag as typed. Runs once per namespace.
     """
     if not (args.train and args.resume) or getattr(args, "_restored", False):
@@ -176,7 +178,7 @@ class Data:
 def build_data(args: argparse.Namespace, scales: list[int], batch_sizes: list[int], rank: int = 0,
                world_size: int = 1, pin_memory: bool = False) -> Data:
     """The training tiles (augmented, sampled by :class:`MultiScaleBatchSampler`, optionally oversampled)
-    and this process's share of the validation tiles, as loaders of :func:`~cropmap.data.collate` batches."""
+    and this process's share of the validation tiles, as loaders of :func:`~cropmap.data.dataset.collate` batches."""
     train_set = TileDataset(args.data_root, "train", args.num_classes, augment=True, crop_size=scales[0],
                             scale_range=(args.scale_min, args.scale_max), color_jitter=args.color_jitter,
                             acquisition_jitter=args.acquisition_jitter, input_norm=args.input_norm)
@@ -261,7 +263,7 @@ def build_optimizer(args: argparse.Namespace, model: nn.Module, total_iters: int
 # ---- devices ------------------------------------------------------------------------------------
 
 def init_distributed(device_arg: str | None) -> tuple[int, int, torch.device]:
-    """Pick this process's device (:func:`cropmap.device.select_device`: CUDA always indexed,
+    """Pick this process's device (:func:`cropmap.core.device.select_device`: CUDA always indexed,
     ``cuda:LOCAL_RANK`` under ``torchrun``) and start the process group under ``torchrun``.
 
     Under ``torchrun`` (``LOCAL_RANK`` and ``MASTER_ADDR`` set) the process group is started even for one
@@ -789,6 +791,6 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 
 if __name__ == "__main__":
-    from .cli import run_cli
+    from cropmap.core.cli import run_cli
 
     sys.exit(run_cli(main, get_args_parser().parse_args()))

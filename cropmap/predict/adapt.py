@@ -24,8 +24,8 @@ from typing import Callable, Iterable, Sequence
 import torch
 from torch import nn
 
-from .data import normalize
-from .device import amp_dtype
+from cropmap.data.normalize import normalize
+from cropmap.core.device import amp_dtype
 
 #: Least share of valid (alpha 255) pixels of a window used for the statistics (no-data is not the scene;
 #: on the demo's sparse validation images 0.9 left 2 windows and full adaptation fell from 0.75 to 0.50
@@ -100,7 +100,7 @@ def adapt_batchnorm(
             else changes. 1: the image's alone (AdaBN); 0: no change. Schneider et al. mix the same way, the
             training statistics standing for a prior.
         batches: ``uint8 [B, 4, T, T]`` RGBA windows on the model's device (alpha 255 = valid).
-        input_norm: the model's input normalisation (:func:`cropmap.data.normalize`).
+        input_norm: the model's input normalisation (:func:`cropmap.data.normalize.normalize`).
         transform: the radiometric transform prediction applies first, if any.
         multiple: pad windows to a multiple of this (edge replicate), as prediction does.
         weight: the image's share (see ``model``).

@@ -28,8 +28,8 @@ import math
 import numpy as np
 import torch
 
-from .classes import CLASS_NAMES, class_names  # noqa: F401 - the names live there (no torch import)
-from .raster import IGNORE
+from cropmap.core.classes import CLASS_NAMES, class_names  # noqa: F401 - the names live there (no torch import)
+from cropmap.core.classes import IGNORE
 
 #: Maximum number of pixels processed at once by :meth:`ConfusionMatrix.update`.
 CHUNK = 1 << 22

@@ -19,10 +19,10 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from .cli import InputError
-from .files import atomic_path
-from .layout import tile_name
-from .raster import IGNORE, check_image, check_label, iter_row_windows, valid_mask
+from cropmap.core.errors import InputError
+from cropmap.core.files import atomic_path
+from cropmap.core.layout import tile_name
+from cropmap.raster import IGNORE, check_image, check_label, iter_row_windows, valid_mask
 
 
 def grid_positions(length: int, tile: int, stride: int) -> list[int]:

@@ -30,8 +30,8 @@ from typing import Sequence
 
 import numpy as np
 
-from .cli import InputError
-from .files import atomic_path
+from cropmap.core.errors import InputError
+from cropmap.core.files import atomic_path
 
 #: Ways ``vote.py`` weighs its inputs: ``equal`` (one vote each) or ``auto`` (per class, from the sidecars).
 WEIGHT_MODES = ("equal", "auto")
@@ -188,8 +188,8 @@ def write_val_image(image: str | os.PathLike, label: str | os.PathLike, rects: n
     and RGB 0 elsewhere; ``out_label`` the label there, 0 elsewhere. Both stream in strips (memory: a
     strip of each). Returns the share of the image's pixels that stay valid.
     """
-    from .cli import progress as progress_bar
-    from .raster import check_image, check_label, iter_zip, open_writer, strip_rows, valid_mask
+    from cropmap.core.cli import progress as progress_bar
+    from cropmap.raster import check_image, check_label, iter_zip, open_writer, strip_rows, valid_mask
 
     info = check_image(image)
     check_label(label, info)

@@ -30,22 +30,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from .augment import acquisition_jitter, color_jitter
-from .cli import InputError
-from .raster import IGNORE, read_png
-from .layout import tiles_csv, train_dir, train_tile_dirs
-from .tiling import BASE_COLUMNS, read_tiles_csv
+from cropmap.data.augment import acquisition_jitter, color_jitter
+from cropmap.core.errors import InputError
+from cropmap.raster import IGNORE, read_png
+from cropmap.core.layout import tiles_csv, train_dir, train_tile_dirs
+from cropmap.data.normalize import INPUT_NORMS, normalize
+from cropmap.data.tiling import BASE_COLUMNS, read_tiles_csv
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-#: Input normalisations (``--input_norm``): ``imagenet``, the original's fixed ImageNet mean and std;
-#: ``window``, each image (crop, window) standardised per channel over its own valid pixels.
-INPUT_NORMS = ("window", "imagenet")
-#: What a checkpoint that does not say was trained with (every checkpoint before ``--input_norm``).
-LEGACY_INPUT_NORM = "imagenet"
-#: ``window``: added to each channel's standard deviation (0..1 scale, about 5 grey levels), so that a
-#: nearly uniform window (bare soil, water) does not have its sensor noise blown up to unit variance.
-WINDOW_STD_FLOOR = 0.02
 SPLITS = ("train", "val", "gap")
 #: Per-sample augmentation seeds are drawn in ``[0, SEED_BOUND)``: non-negative int64 values, which
 #: ``numpy.random.default_rng`` accepts.
@@ -127,37 +118,6 @@ def pad_to_multiple(image: np.ndarray, label: np.ndarray, multiple: int = 32) ->
     return image, label
 
 
-def normalize(image: torch.Tensor, mode: str = "imagenet", valid: torch.Tensor | None = None) -> torch.Tensor:
-    """The one input normalisation of the models: ``uint8 [..., C >= 3, H, W]`` RGB(A) tensor ->
-    ``float32 [..., 3, H, W]`` on the input's device (channels past the third, e.g. alpha, are dropped).
-
-    ``mode``:
-        ``imagenet``: ``(x / 255 - IMAGENET_MEAN) / IMAGENET_STD`` (the original's).
-        ``window``: each image of the batch standardised per channel over its valid pixels,
-            ``(x - mean) / (std + WINDOW_STD_FLOOR)`` on the 0..1 scale, and no-data set to 0. What an
-            acquisition changes smoothly over a window (illumination, band gains, haze, most of a tone
-            curve) is an affine map of each channel there, which this undoes; colours relative to the
-            rest of the window stay.
-    ``valid``: ``bool [..., H, W]`` (or ``[..., 1, H, W]``), the pixels with data; default: alpha 255
-    when there is a fourth channel, else any non-zero RGB value. Only ``window`` reads it.
-    """
-    if mode not in INPUT_NORMS:
-        raise ValueError(f"unknown input normalisation {mode!r}; valid: {INPUT_NORMS}")
-    x = image[..., :3, :, :].float().div_(255.0)
-    if mode == "imagenet":
-        mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(3, 1, 1)
-        std = torch.tensor(IMAGENET_STD, device=x.device).view(3, 1, 1)
-        return x.sub_(mean).div_(std)
-    if valid is None:
-        valid = image[..., 3, :, :] == 255 if image.shape[-3] > 3 else (image[..., :3, :, :] != 0).any(-3)
-    w = (valid if valid.dim() == x.dim() else valid.unsqueeze(-3)).to(x.dtype)  # [..., 1, H, W]
-    n = w.sum((-2, -1), keepdim=True).clamp_(min=1.0)
-    mean = (x * w).sum((-2, -1), keepdim=True).div_(n)
-    x.sub_(mean).mul_(w)
-    std = x.square().sum((-2, -1), keepdim=True).div_(n).sqrt_().add_(WINDOW_STD_FLOOR)
-    return x.div_(std)
-
-
 def to_tensors(image: np.ndarray, label: np.ndarray, input_norm: str = "imagenet") -> tuple[torch.Tensor, torch.Tensor]:
     """``uint8 [H, W, 3]`` RGB and ``uint8 [H, W]`` label -> normalised ``float32 [3, H, W]`` image and
     ``int64 [H, W]`` label. With ``input_norm="window"`` the valid pixels are those with a label or a
@@ -209,9 +169,9 @@ class TileDataset(Dataset):
         crop_size: default crop side when augmenting (a key may carry its own, see ``__getitem__``).
         scale_range: range of the random scale.
         color_jitter: with ``augment``, amplitude of the colour jitter after the geometric steps
-            (:func:`cropmap.augment.color_jitter`; labels and no-data untouched); 0 = off.
+            (:func:`cropmap.data.augment.color_jitter`; labels and no-data untouched); 0 = off.
         acquisition_jitter: with ``augment``, strength of the rendering as another acquisition (blur,
-            illumination, colour balance, gamma, haze, noise: :func:`cropmap.augment.acquisition_jitter`),
+            illumination, colour balance, gamma, haze, noise: :func:`cropmap.data.augment.acquisition_jitter`),
             applied before the colour jitter; 0 = off.
         input_norm: the input normalisation (:func:`normalize`), ``imagenet`` or ``window``.
 

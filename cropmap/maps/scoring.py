@@ -6,9 +6,11 @@ import os
 
 import numpy as np
 
-from .cli import InputError, progress as progress_bar
-from .raster import check_image, check_label, check_map, iter_zip, strip_rows, valid_mask
-from .metrics import ConfusionMatrix
+from cropmap.core.cli import progress as progress_bar
+
+from cropmap.core.errors import InputError
+from cropmap.raster import check_image, check_label, check_map, iter_zip, strip_rows, valid_mask
+from cropmap.core.metrics import ConfusionMatrix
 
 
 def score_map(

@@ -16,10 +16,10 @@ A checkpoint is a dict loadable with ``torch.load(path, weights_only=True)`` (:f
     history      the run's log rows so far
     train_model  the optimised weights, when they differ from ``model`` (SWA)
     input_stats  per-channel mean and std of the training tiles' valid pixels
-                 (:func:`cropmap.radiometry.tile_stats`; ``predict.py --radiometry match``)
+                 (:func:`cropmap.data.radiometry.tile_stats`; ``predict.py --radiometry match``)
 
 Files: ``{data_root}/model/{model}_{backbone}_{exp}_epoch{N}.pth``, ``..._last.pth``, ``..._best.pth``
-(:func:`cropmap.layout.checkpoint_path`).
+(:func:`cropmap.core.layout.checkpoint_path`).
 """
 
 from __future__ import annotations
@@ -32,9 +32,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .cli import InputError, short
-from .data import LEGACY_INPUT_NORM
-from .files import atomic_path
+from cropmap.core.errors import InputError, short
+from cropmap.data.normalize import LEGACY_INPUT_NORM
+from cropmap.core.files import atomic_path
 
 def plain_args(args) -> dict:
     """A Namespace or dict of flags as a plain dict that ``weights_only`` loading accepts.

@@ -1,13 +1,12 @@
 """What every entry script shares: the user-error type, the runner, flag parsers and progress output.
 
-* :class:`InputError` - a problem with the user's input; :func:`run_cli` prints it as one line and exits 2.
-* :func:`short` - the one way an exception's text is shortened into such a line.
+* :func:`run_cli` - runs a script's ``main``: an :class:`~cropmap.core.errors.InputError` becomes one line, exit 2.
 * :func:`int_list` - the parser of comma-separated integers (``--scales 512,448``, ``--priority 1,3,2,0``).
 * flag types that check ranges at parse time (:func:`ranged` and its instances :data:`positive_int`,
   :data:`nonneg_int`, :data:`seed_int`, :data:`num_classes_int`, :data:`positive_float`, :data:`nonneg_float`,
   :data:`finite_float`, :data:`fraction`, :data:`positive_int_list`): argparse prints the usage and one
   ``error:`` line naming the flag, exit status 2, before any work starts.
-* :func:`device_name` - the flag type of ``--device`` (its spelling; :mod:`cropmap.device` selects it).
+* :func:`device_name` - the flag type of ``--device`` (its spelling; :mod:`cropmap.core.device` selects it).
 * :func:`warn` - a one-line warning on stderr; :class:`ArgumentParser` - a parser that remembers which
   flags were typed (:func:`typed_flags`), so a resumed run can tell a retyped flag from a default.
 * :func:`add_map_args` - the flags that predict.py, vote.py, fill_hole.py and score.py share.
@@ -25,19 +24,7 @@ import threading
 import time
 from typing import Callable, Iterable
 
-#: Longest error line printed for a message taken from a library's exception.
-MAX_LINE = 200
-
-
-class InputError(Exception):
-    """A problem with the user's input: printed as one line, exit status non-zero, no traceback."""
-
-
-def short(err: BaseException | str, limit: int = MAX_LINE) -> str:
-    """The first non-empty lines (up to 3) of an exception's text, joined and cut to ``limit`` characters."""
-    text = [t.strip() for t in str(err).strip().splitlines() if t.strip()]
-    line = " ".join(text[:3])[:limit]
-    return line or (type(err).__name__ if isinstance(err, BaseException) else "")
+from cropmap.core.errors import InputError, short
 
 
 def int_list(text: str) -> list[int]:
@@ -132,7 +119,7 @@ _DEVICE = re.compile(r"cpu|cuda(:\d+)?")
 def device_name(text: str) -> str:
     """An ``argparse`` type for ``--device``: ``cpu``, ``cuda`` or ``cuda:N`` (returned as given).
 
-    Only the spelling is checked here (at parse time, no CUDA call); :func:`cropmap.device.select_device`
+    Only the spelling is checked here (at parse time, no CUDA call); :func:`cropmap.core.device.select_device`
     checks that the machine has it.
     """
     if not _DEVICE.fullmatch(str(text)):
@@ -192,7 +179,7 @@ def plain_flags(args: argparse.Namespace | dict) -> dict:
 
 def add_hardware_args(p, threads_help: str, amp_help: str) -> None:
     """``--device``, ``--threads`` and ``--amp``, the hardware flags of training and prediction (one device
-    rule: :mod:`cropmap.device`)."""
+    rule: :mod:`cropmap.core.device`)."""
     p.add_argument("--device", type=device_name, default=None,
                    help="cuda, cuda:N or cpu (default: cuda when available, else cpu; cuda is the current GPU, "
                         "under torchrun cuda:LOCAL_RANK); on CUDA channels_last and cudnn.benchmark are on")
@@ -205,7 +192,7 @@ def add_map_args(p: argparse.ArgumentParser, what: str, num_classes: bool = True
 
     ``what`` completes the help of ``--images`` (e.g. ``"to predict"``).
     """
-    from .layout import DEFAULT_TEST_IMAGES, MAP_FORMATS
+    from cropmap.core.layout import DEFAULT_TEST_IMAGES, MAP_FORMATS
 
     p.add_argument("--data_root", default="data", help="data folder of the contract's layout (default: data)")
     p.add_argument("--images", nargs="+", default=list(DEFAULT_TEST_IMAGES),

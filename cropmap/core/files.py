@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from .cli import InputError
+from cropmap.core.errors import InputError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)

@@ -26,9 +26,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .cli import progress as progress_bar
-from .layout import train_tile_dirs
-from .raster import IGNORE, check_image, iter_strips, read_png, strip_rows, valid_mask
+from cropmap.core.cli import progress as progress_bar
+from cropmap.core.layout import train_tile_dirs
+from cropmap.raster import IGNORE, check_image, iter_strips, read_png, strip_rows, valid_mask
 
 
 class ChannelStats:
@@ -77,7 +77,7 @@ def tile_stats(data_root: str | os.PathLike, rows: Sequence[dict], max_tiles: in
     """RGB statistics of training tiles: valid pixels are those whose label is not 255.
 
     Args:
-        data_root: the data root whose training tiles are read (:func:`cropmap.layout.train_tile_dirs`).
+        data_root: the data root whose training tiles are read (:func:`cropmap.core.layout.train_tile_dirs`).
         rows: the tiles' ``tiles.csv`` rows (``name``).
         max_tiles: at most this many tiles, evenly spread over ``rows``, are read.
     """

@@ -24,6 +24,8 @@ import inspect
 from typing import Callable
 
 import numpy as np
+
+from cropmap.core.classes import PALETTE
 import torch
 
 #: Blending modes: "gaussian" weights each window by a separable Gaussian centred on it (seams vanish);
@@ -32,10 +34,6 @@ import torch
 #: weights, a later window overwriting an earlier one (the original's way).
 BLEND_MODES = ("gaussian", "centre", "none")
 
-#: Default colours of the classes in previews (RGB): other, tobacco, corn, coix.
-PALETTE = np.array(
-    [[0, 0, 0], [255, 200, 0], [0, 200, 0], [230, 30, 200], [0, 120, 255], [255, 60, 60]], np.uint8
-)
 
 
 def weight_window(size: int, sigma_scale: float = 0.125, floor: float = 1e-3) -> np.ndarray:

@@ -33,9 +33,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .cli import InputError
-from .raster import RasterInfo, open_reader, read_png, strip_rows, valid_mask
-from .stitch import PreviewCanvas
+from cropmap.core.errors import InputError
+from cropmap.raster import RasterInfo, open_reader, read_png, strip_rows, valid_mask
+from cropmap.predict.stitch import PreviewCanvas
 
 #: Pixels per decoded piece of rows (a piece is the unit the decode thread hands over: 8 Mpixel, 32 MB).
 PIECE_PIXELS = 1 << 23

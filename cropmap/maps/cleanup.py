@@ -1,7 +1,7 @@
 """Map clean-up by region size and shape: small-object and hole removal by area, morphological closing.
 
 Two of the competition winners' post-processing steps, streamed over full-size maps like the rest of
-:mod:`cropmap.postprocess` (work strips carry no-data as :data:`~cropmap.raster.IGNORE`):
+:mod:`cropmap.maps.postprocess` (work strips carry no-data as :data:`~cropmap.raster.IGNORE`):
 
 * :func:`area_stage` (``fill_hole.py --method area --min_area N``): for one class ``c``, every
   4-connected region of ``c`` smaller than ``N`` pixels takes the class that most of its outside
@@ -21,8 +21,8 @@ from typing import Iterable, Iterator
 import cv2
 import numpy as np
 
-from .postprocess import iter_banded, iter_halo_bands
-from .raster import IGNORE
+from cropmap.raster.bands import iter_banded, iter_halo_bands
+from cropmap.raster import IGNORE
 
 
 def remove_small_components(
@@ -35,7 +35,7 @@ def remove_small_components(
         select: ``bool [h, W]`` the pixels of one class (``band == c``).
         max_area: largest area removed (``min_area - 1``).
         cut_top / cut_bottom: the band's first / last row is not the image's edge; regions touching a cut
-            row are decided by the band that holds them whole (see :func:`cropmap.postprocess.fill_components`).
+            row are decided by the band that holds them whole (see :func:`cropmap.maps.postprocess.fill_components`).
         num_classes: C.
 
     Returns:

@@ -32,9 +32,11 @@ from typing import Iterator, Sequence
 import cv2
 import numpy as np
 
-from .cli import InputError, progress as progress_bar
-from .files import atomic_path
-from .raster import RasterInfo, check_map, check_map_values, open_reader
+from cropmap.core.cli import progress as progress_bar
+
+from cropmap.core.errors import InputError
+from cropmap.core.files import atomic_path
+from cropmap.raster import RasterInfo, check_map, check_map_values, open_reader
 
 #: Output drivers by file suffix.
 DRIVERS = {".gpkg": "GPKG", ".geojson": "GeoJSON", ".json": "GeoJSON"}
@@ -402,7 +404,7 @@ def polygonize_map(
     """
     import shapely
 
-    from .classes import class_names
+    from cropmap.core.classes import class_names
 
     output = Path(output)
     driver = DRIVERS.get(output.suffix.lower())

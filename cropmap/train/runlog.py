@@ -1,6 +1,6 @@
 """A training run's log: one row per epoch, written as ``log.csv`` and drawn as ``curves.png``.
 
-Both live in the run's folder (:func:`cropmap.layout.run_name` under the model folder) and are rewritten
+Both live in the run's folder (:func:`cropmap.core.layout.run_name` under the model folder) and are rewritten
 whole after every epoch, atomically, so they always describe the epochs that a checkpoint holds.
 """
 
@@ -10,8 +10,8 @@ import csv
 import os
 from pathlib import Path
 
-from .files import atomic_path
-from .metrics import class_names
+from cropmap.core.files import atomic_path
+from cropmap.core.metrics import class_names
 
 NAN = float("nan")
 

@@ -26,8 +26,8 @@ from typing import Iterable, Iterator
 import cv2
 import numpy as np
 
-from .postprocess import iter_halo_bands
-from .raster import IGNORE, iter_zip, strip_rows, valid_mask
+from cropmap.raster.bands import iter_halo_bands
+from cropmap.raster import IGNORE, iter_zip, strip_rows, valid_mask
 
 QUANT = 4  # magnitude steps per grey level
 MAX_BIN = 1 << 16  # magnitudes are capped at (MAX_BIN - 1) / QUANT

@@ -3,8 +3,8 @@
 :func:`predict_from_source` reads an image's windows straight from the source image (decoded once, in
 bands); :func:`predict_image` reads the windows that ``generate_test_data.py`` cut (the rows of its
 ``tiles.csv``). Both run any model callable in batches on its device and stream the stitched map (and
-optionally per-class probabilities and a colour preview) to disk; see :mod:`cropmap.windows` for the
-windows, :mod:`cropmap.stitch` for the blending and :mod:`cropmap.outputs` for the files.
+optionally per-class probabilities and a colour preview) to disk; see :mod:`cropmap.predict.windows` for the
+windows, :mod:`cropmap.predict.stitch` for the blending and :mod:`cropmap.predict.outputs` for the files.
 
 The model is any callable ``model(x) -> logits`` or ``-> {"out": logits, ...}`` with ``x`` float32
 ``[B, 3, H, W]`` ImageNet-normalised RGB and logits ``[B, C, H, W]``, so tests can pass a fake model.
@@ -21,7 +21,7 @@ the device. Memory is a band of rows on the device and a few pieces and strips o
 the image size.
 
 Several processes (``torchrun``): ``rank``/``world_size`` share one image by rows
-(:func:`cropmap.windows.share_groups`); the map is the same, byte for byte, as one process's.
+(:func:`cropmap.predict.windows.share_groups`); the map is the same, byte for byte, as one process's.
 """
 
 from __future__ import annotations
@@ -33,16 +33,17 @@ from typing import Callable, Iterator, Sequence
 import torch
 import torch.distributed as dist
 
-from .adapt import adapt_batchnorm, batchnorm_layers, restore_batchnorm, sample_groups, save_batchnorm
-from .cli import InputError, progress as progress_bar
-from .data import normalize  # the one input normalisation
-from .device import amp_dtype
-from .layout import prob_paths
-from .outputs import MapOutputs, spool_path
-from .raster import RasterInfo, check_image, valid_mask, write_png
-from .stitch import BandStitcher, PreviewCanvas
-from .tiling import grid_positions
-from .windows import (Batch, WindowDataset, group_rows, share_groups, source_batches,  # noqa: F401 (re-export)
+from cropmap.predict.adapt import adapt_batchnorm, batchnorm_layers, restore_batchnorm, sample_groups, save_batchnorm
+from cropmap.core.cli import progress as progress_bar
+from cropmap.core.errors import InputError
+from cropmap.data.normalize import normalize  # the one input normalisation
+from cropmap.core.device import amp_dtype
+from cropmap.core.layout import prob_paths
+from cropmap.predict.outputs import MapOutputs, spool_path
+from cropmap.raster import RasterInfo, check_image, valid_mask, write_png
+from cropmap.predict.stitch import BandStitcher, PreviewCanvas
+from cropmap.data.tiling import grid_positions
+from cropmap.predict.windows import (Batch, WindowDataset, group_rows, share_groups, source_batches,  # noqa: F401 (re-export)
                       window_file_batches)
 
 #: TTA levels: "none"; "flip": identity, horizontal and vertical flip; "d4": the 8 flips/90-degree rotations.
@@ -91,7 +92,7 @@ def forward_probs(
         x: float32 ``[B, 3, H, W]`` normalised images; H, W are padded (edge replicate) to ``multiple``
             for the model and the output is cropped back.
         tta: one of :data:`TTA_MODES`.
-        amp: autocast in the dtype of :func:`cropmap.device.amp_dtype` (the rule of training and evaluation:
+        amp: autocast in the dtype of :func:`cropmap.core.device.amp_dtype` (the rule of training and evaluation:
             bfloat16 where supported, else float16 on CUDA; bfloat16 on the CPU).
 
     Returns:
@@ -219,7 +220,7 @@ def _predict(
     """Run ``model`` over this process's share of ``groups`` and write the map (see the module docstring).
 
     ``adapt_windows``: first adapt the model's BatchNorm statistics to about this many windows spread over
-    the whole image (``xs``: its window columns; :mod:`cropmap.adapt`), the image's statistics weighted
+    the whole image (``xs``: its window columns; :mod:`cropmap.predict.adapt`), the image's statistics weighted
     ``adapt_weight`` against the training ones, in the first ``adapt_depth`` share of the BatchNorm layers;
     they are restored afterwards."""
     device = torch.device(device)
@@ -392,7 +393,7 @@ def predict_image(
         map_path: output map, ``uint8 [H, W]`` single-channel, 0 where no window marks a pixel valid;
             its format follows its suffix (:func:`cropmap.raster.open_writer`, georeferenced ``like``).
         workers: DataLoader processes decoding the window files.
-        blend: a mode of :data:`cropmap.stitch.BLEND_MODES` (``blend_options`` go to its weights, e.g.
+        blend: a mode of :data:`cropmap.predict.stitch.BLEND_MODES` (``blend_options`` go to its weights, e.g.
             ``keep`` of ``"centre"``).
         save_probs: also write ``uint8`` probabilities (``round(255 p)``), one single-channel file per
             class beside the map (:func:`prob_paths`).
@@ -401,13 +402,13 @@ def predict_image(
         num_classes: what the model predicts (default: found by one forward pass).
         rank, world_size: this process's share of the image (see the module docstring).
         transform: optional ``uint8 [B, 4, T, T] -> uint8 [B, 4, T, T]`` applied to each batch of windows on
-            the device before the model (e.g. :func:`cropmap.radiometry.apply_affine`); the preview shows the
+            the device before the model (e.g. :func:`cropmap.data.radiometry.apply_affine`); the preview shows the
             windows as read.
-        input_norm: the input normalisation the model was trained with (:func:`cropmap.data.normalize`;
+        input_norm: the input normalisation the model was trained with (:func:`cropmap.data.normalize.normalize`;
             the checkpoint's ``args["input_norm"]``, ``imagenet`` when it has none); ``window`` standardises
             each window over its valid pixels (alpha 255).
         adapt_windows: first re-estimate the model's BatchNorm statistics on about this many of the image's
-            windows, spread over all of it (:mod:`cropmap.adapt`; 0: no adaptation), weighted ``adapt_weight``
+            windows, spread over all of it (:mod:`cropmap.predict.adapt`; 0: no adaptation), weighted ``adapt_weight``
             against the training statistics, in the first ``adapt_depth`` share of the BatchNorm layers (in
             forward order); restored afterwards.
 
@@ -470,10 +471,10 @@ def predict_from_source(
 ) -> dict:
     """Predict one image straight from its source and stream the stitched map to ``map_path``.
 
-    The windows are the contract's grid (:func:`cropmap.tiling.grid_positions`: ``tile_size`` windows
+    The windows are the contract's grid (:func:`cropmap.data.tiling.grid_positions`: ``tile_size`` windows
     every ``stride`` pixels, default half a window, the last row and column moved inward), the same as
     ``generate_test_data.py`` cuts; windows with no valid pixel are skipped. Each source pixel is decoded
-    once (:func:`cropmap.windows.source_batches`). The map is written ``like`` the source (its format and
+    once (:func:`cropmap.predict.windows.source_batches`). The map is written ``like`` the source (its format and
     georeferencing, where the map's format keeps them). Other arguments and the result as
     :func:`predict_image`.
     """

@@ -19,11 +19,12 @@ from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
-from .cli import InputError, positive_int, progress as progress_bar, warn
-from .files import replace_dir, temporary_dir
-from .layout import label_path, source_path
-from .raster import RasterInfo, check_image, check_label, check_label_values, write_png
-from .tiling import Tile, class_columns, grid_positions, iter_tiles
+from cropmap.core.cli import positive_int, progress as progress_bar, warn
+from cropmap.core.errors import InputError
+from cropmap.core.files import replace_dir, temporary_dir
+from cropmap.core.layout import label_path, source_path
+from cropmap.raster import RasterInfo, check_image, check_label, check_label_values, write_png
+from cropmap.data.tiling import Tile, class_columns, grid_positions, iter_tiles
 
 
 #: Tiles queued per encoding thread: enough to keep the threads busy, few enough to bound memory.

@@ -1,6 +1,6 @@
 """The files of one predicted map, fed with finished rows from the model's device.
 
-:class:`MapOutputs` is a stitcher's sink (:class:`cropmap.stitch.BandStitcher`): it takes rows of ``uint8``
+:class:`MapOutputs` is a stitcher's sink (:class:`cropmap.predict.stitch.BandStitcher`): it takes rows of ``uint8``
 labels (and probabilities) on the device, copies them to the host (pinned memory, asynchronously on
 CUDA) and hands them to one writer thread per file (the map, and each probability plane), which encode
 them (``zlib`` releases the GIL) while the model runs on. Writers come from :func:`cropmap.raster.open_writer`
@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .layout import prob_paths
-from .raster import RasterInfo, open_writer
-from .stitch import PreviewCanvas
+from cropmap.core.layout import prob_paths
+from cropmap.raster import RasterInfo, open_writer
+from cropmap.predict.stitch import PreviewCanvas
 
 #: Strips queued per writer thread before the producer waits.
 QUEUE_STRIPS = 4
@@ -110,7 +110,7 @@ class MapOutputs:
     """Writer threads of a map (and, with ``num_classes``, its probability planes); a stitcher's sink.
 
     Args:
-        map_path: the map's final path; probability planes go to :func:`~cropmap.layout.prob_paths`.
+        map_path: the map's final path; probability planes go to :func:`~cropmap.core.layout.prob_paths`.
         width, height: the map's size.
         num_classes: with ``save_probs``, the number of probability planes.
         like: the source's :class:`RasterInfo` (its format and georeferencing, where the format keeps it).

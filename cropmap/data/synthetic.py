@@ -28,8 +28,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .cli import progress as progress_bar
-from .raster import open_writer
+from cropmap.core.cli import progress as progress_bar
+from cropmap.raster import open_writer
 
 # Real sizes (H, W) of the competition's images.
 REAL_SIZES = {

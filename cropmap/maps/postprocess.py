@@ -17,11 +17,16 @@ from typing import Callable, Iterable, Iterator, Sequence
 import cv2
 import numpy as np
 
-from .cli import InputError, progress as progress_bar
-from .raster import (IGNORE, check_georef, check_image, check_map, check_map_values, iter_zip, open_writer, strip_rows,
-                     valid_mask)
+from cropmap.core.cli import progress as progress_bar
+from cropmap.core.errors import InputError
+from cropmap.maps.cleanup import area_stage, close_stage
+from cropmap.maps.ensemble import weighted_scores
+from cropmap.maps.segments import edge_threshold, segment_stage
+from cropmap.raster.bands import RowBuffer, iter_banded
+from cropmap.raster import (IGNORE, check_georef, check_image, check_map, check_map_values, iter_zip, open_writer, strip_rows,
+                            valid_mask)
 
-FILL_METHODS = ("morph", "square", "area", "close", "segments")  # area, close: cropmap.cleanup; segments: cropmap.segments
+FILL_METHODS = ("morph", "square", "area", "close", "segments")  # area, close: cleanup.py; segments: segments.py
 
 
 # ---- voting -------------------------------------------------------------------------------------
@@ -69,14 +74,12 @@ def vote_strip(
         probs: for soft voting, ``uint8 [N, C, h, W]`` each input's probabilities (255 = 1); the class
             with the largest sum wins. Without it, the class with the most votes wins.
         weights: optional ``float32 [N, C]``: input ``i``'s vote (or probability) for class ``c`` counts
-            ``weights[i, c]`` (:func:`cropmap.ensemble.weighted_scores`); None: every vote counts 1.
+            ``weights[i, c]`` (:func:`cropmap.maps.ensemble.weighted_scores`); None: every vote counts 1.
 
     Returns:
         ``uint8 [h, W]``.
     """
     if weights is not None:
-        from .ensemble import weighted_scores
-
         return resolve_ties(weighted_scores(maps, weights, probs), maps, priority)
     if probs is None:
         scores = np.stack([(maps == c).sum(axis=0, dtype=np.uint16) for c in range(num_classes)])
@@ -130,63 +133,6 @@ def vote_maps(
             writer.write(vote_strip(maps, num_classes, priority, probs, weights))
             bar.update(len(maps[0]))
     return Path(output)
-
-
-# ---- banded processing with a rolling row buffer ------------------------------------------------
-
-
-class _Rows:
-    """Rows of an image arriving in strips, kept from ``y0`` on until dropped."""
-
-    def __init__(self, strips: Iterable[tuple[int, np.ndarray]]):
-        self._it = iter(strips)
-        self.buf: np.ndarray | None = None
-        self.y0 = 0
-        self.done = False
-
-    @property
-    def end(self) -> int:
-        return self.y0 + (0 if self.buf is None else len(self.buf))
-
-    def fill_to(self, row: int) -> None:
-        """Read strips until rows up to ``row`` (exclusive) are buffered or the input ends."""
-        pieces = [] if self.buf is None else [self.buf]
-        end = self.end
-        while end < row and not self.done:
-            nxt = next(self._it, None)
-            if nxt is None:
-                self.done = True
-                break
-            pieces.append(nxt[1])
-            end += len(nxt[1])
-        if pieces:
-            self.buf = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
-
-    def pop_to(self, row: int) -> np.ndarray:
-        """Remove and return the buffered rows above ``row``."""
-        k = row - self.y0
-        out, self.buf = self.buf[:k], self.buf[k:]
-        self.y0 = row
-        return out
-
-
-def iter_halo_bands(strips: Iterable[tuple[int, np.ndarray]], height: int, band_rows: int,
-                    halo: int) -> Iterator[tuple[int, int, int, np.ndarray]]:
-    """Bands of rows with context: yield ``(start, stop, lo, block)`` for output rows ``start..stop``.
-
-    ``block`` holds the rows ``lo .. min(stop + halo, height)`` with ``lo = max(start - halo, 0)`` (a view
-    of a rolling buffer: drop it before asking for the next band). Bands of ``band_rows`` cover
-    ``0..height`` once; memory: about ``band_rows + 2 * halo`` rows plus one strip.
-    """
-    buf = _Rows(strips)
-    start = 0
-    while start < height:
-        stop = min(start + band_rows, height)
-        buf.fill_to(stop + halo)
-        lo = max(start - halo, buf.y0)
-        yield start, stop, lo, buf.buf[lo - buf.y0 :]
-        buf.pop_to(max(stop - halo, buf.y0))  # keep the context rows above the next band, drop the rest
-        start = stop
 
 
 # ---- hole filling: morph ------------------------------------------------------------------------
@@ -261,43 +207,6 @@ def fill_components(
     return int(top[pending].min()) if pending.any() else None
 
 
-def iter_banded(
-    strips: Iterable[tuple[int, np.ndarray]],
-    height: int,
-    process: Callable[[np.ndarray, bool, bool], int | None],
-    band_rows: int = 1024,
-) -> Iterator[tuple[int, np.ndarray]]:
-    """Run a region ``process`` over a map in bands of rows, growing a band while a region is pending.
-
-    ``process(band, cut_top, cut_bottom)`` edits ``band`` in place and returns the first band row of
-    the regions it could not decide yet (see :func:`fill_components`). The next band starts one row
-    above them (that row is its top cut row) and keeps the rows already processed; a band whose pending
-    region starts at its own second row grows by ``band_rows`` instead. Memory: about ``band_rows``
-    rows plus the tallest pending region (at most ``max_area`` rows for an area limit).
-
-    Yields ``(y, rows)`` finished strips, top to bottom, covering ``0..height`` once.
-    """
-    buf = _Rows(strips)
-    length = band_rows
-    while True:
-        buf.fill_to(buf.y0 + length)
-        cut_top, cut_bottom = buf.y0 > 0, buf.end < height
-        if buf.buf is None or len(buf.buf) == 0:
-            return
-        pending = process(buf.buf, cut_top, cut_bottom)
-        if not cut_bottom:
-            y0 = buf.y0
-            yield y0, buf.pop_to(buf.end)
-            return
-        start = buf.y0 + pending - 1 if pending is not None else buf.end - 1
-        if start <= buf.y0:
-            length += band_rows  # the pending region starts at the band's top: read more rows
-            continue
-        y0 = buf.y0
-        yield y0, buf.pop_to(start).copy()
-        length = band_rows
-
-
 def morph_stage(strips, height: int, select_value: int, max_area: int, band_rows: int = 1024):
     """Fill enclosed regions of ``select_value`` (area <= ``max_area``) in streamed work strips."""
 
@@ -339,7 +248,7 @@ def square_stage(strips, height: int, width: int, size: int = 500, stride: int =
     n_wj = (width - size) // stride + 1 if width >= size else 0
     n_cj = -(-width // stride)
     js = np.arange(n_wj) * stride
-    buf = _Rows(strips)
+    buf = RowBuffer(strips)
     covers: dict[int, np.ndarray] = {}  # window row -> uint8 [n_cj]: value each cell gets from that row
     cj = np.arange(n_cj)
 
@@ -408,11 +317,11 @@ def fill_map(
     c smaller than ``min_area`` enclosed by one other class become that class. ``square``: the
     original's rule (:func:`square_stage`) with window ``sizes`` in turn. ``area``: for each class
     0..C-1 in turn, regions smaller than ``min_area`` take their neighbours' majority class
-    (:func:`cropmap.cleanup.area_stage`). ``close``: morphological closing of each crop class with an
-    ellipse of ``radius`` (:func:`cropmap.cleanup.close_stage`). ``segments``: the source image cut into
+    (:func:`cropmap.maps.cleanup.area_stage`). ``close``: morphological closing of each crop class with an
+    ellipse of ``radius`` (:func:`cropmap.maps.cleanup.close_stage`). ``segments``: the source image cut into
     segments along its edges (the ``edge_percentile`` % of valid pixels with the weakest gradient, smoothed
     by ``edge_sigma``, are inside pixels); each segment whose majority class holds ``min_share`` of it takes
-    that class (:mod:`cropmap.segments`; two passes over the source).
+    that class (:mod:`cropmap.maps.segments`; two passes over the source).
 
     Each step is one streamed pass (chained generators, one input decode, one output encode). Memory
     per pass is a band of rows (plus OpenCV's ``int32`` component labels of the band for ``morph``).
@@ -440,8 +349,6 @@ def fill_map(
 
     strips: Iterable = work()
     if method == "segments":
-        from .segments import edge_threshold, segment_stage
-
         with progress_bar(total=height, desc=f"{Path(output).name} edges", unit="row", disable=not progress,
                           leave=False) as bar:
             threshold = edge_threshold(source_path, height, width, edge_sigma, edge_percentile, band_rows, bar.update)
@@ -453,14 +360,10 @@ def fill_map(
             for c in range(1, num_classes):
                 strips = morph_stage(strips, height, c, min_area - 1, band_rows)
     elif method == "area":
-        from .cleanup import area_stage
-
         if min_area > 1:
             for c in range(num_classes):
                 strips = area_stage(strips, height, c, min_area - 1, num_classes, band_rows)
     elif method == "close":
-        from .cleanup import close_stage
-
         if radius > 0:
             for c in range(1, num_classes):
                 strips = close_stage(strips, height, c, radius, band_rows)

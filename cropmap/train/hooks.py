@@ -1,4 +1,4 @@
-"""Callbacks of the training loop (:class:`cropmap.engine.Trainer`), and stochastic weight averaging.
+"""Callbacks of the training loop (:class:`cropmap.train.engine.Trainer`), and stochastic weight averaging.
 
 A variant of the loop that needs new logic is a :class:`Hook`, never a copy of the loop.
 """
@@ -11,9 +11,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .checkpoint import plain_args
+from cropmap.train.checkpoint import plain_args
 
-#: The annotations' "Trainer" is :class:`cropmap.engine.Trainer`: it calls the hooks, which only read it
+#: The annotations' "Trainer" is :class:`cropmap.train.engine.Trainer`: it calls the hooks, which only read it
 #: (not imported, so that the hooks stay below the loop).
 Trainer = Any
 

@@ -17,7 +17,9 @@ import os
 
 import torch
 
-from .cli import InputError, device_name
+from cropmap.core.cli import device_name
+
+from cropmap.core.errors import InputError
 
 
 def local_rank() -> int | None:
@@ -37,7 +39,7 @@ def resolve_device(name: str | None = None) -> torch.device:
         else ``torch.cuda.current_device()``.
 
     Raises:
-        InputError: not ``cpu``, ``cuda`` or ``cuda:N`` (:func:`cropmap.cli.device_name`, the parse-time
+        InputError: not ``cpu``, ``cuda`` or ``cuda:N`` (:func:`cropmap.core.cli.device_name`, the parse-time
             check of the same spelling), CUDA not available, or an index beyond the visible GPUs.
     """
     if name is None or str(name).strip() == "":
