@@ -31,7 +31,7 @@ from cropmap.core.cli import add_map_args, fraction, nonneg_float, nonneg_int, p
 from cropmap.core.errors import InputError
 from cropmap.core.files import check_output_file
 from cropmap.core.layout import map_path, map_suffix, predict_source, submit_dir
-from cropmap.maps.postprocess import FILL_METHODS, fill_map
+from cropmap.maps.postprocess import FILL_METHODS, FillOptions, fill_map
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -46,29 +46,47 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         "(default: replace it)")
     p.add_argument("--output", default=None, help="where the filled map goes (default: replace the input once complete)")
     p.add_argument("--source", default=None,
-                   help="the source image (PNG or GeoTIFF) of --input, for its no-data mask (required with --input)")
+                   help="the source image (PNG or GeoTIFF) of --input, for its no-data mask; required with --input "
+                        "(default: none)")
     p.add_argument("--method", default="morph", choices=FILL_METHODS,
                    help="morph (enclosed regions), square (the original's rule), area (regions smaller than --min_area "
                         "of every class take their neighbours' majority class) or close (morphological closing of each "
                         "crop class, --radius) or segments (each image segment takes its majority class, --edge_percentile) "
-                        "(default: morph)")
-    p.add_argument("--max_hole", type=nonneg_int, default=250_000, help="morph: largest hole area filled, in pixels (default: 250000, a 500x500 square)")
+                        "(default: %(default)s)")
+    p.add_argument("--max_hole", type=nonneg_int, default=250_000,
+                   help="morph: largest hole area filled, in pixels (250000: a 500x500 square) (default: %(default)s)")
     p.add_argument("--min_area", type=nonneg_int, default=0,
                    help="morph: crop islands smaller than this many pixels take the class around them; area: regions "
-                        "of any class smaller than this take their neighbours' majority class (default: 0, off)")
-    p.add_argument("--radius", type=nonneg_int, default=3, help="close: radius in pixels of the elliptical closing kernel (default: 3)")
+                        "of any class smaller than this take their neighbours' majority class; 0: off "
+                        "(default: %(default)s)")
+    p.add_argument("--radius", type=nonneg_int, default=3,
+                   help="close: radius in pixels of the elliptical closing kernel (default: %(default)s)")
     p.add_argument("--edge_percentile", type=percent, default=70.0,
                    help="segments: share in %% of valid pixels that are inside pixels (the weakest gradients); the "
-                        "rest are edges, which keep their class (default: 70)")
+                        "rest are edges, which keep their class (default: %(default)s)")
     p.add_argument("--edge_sigma", type=nonneg_float, default=1.0,
-                   help="segments: Gaussian smoothing in px of the source before its gradient (default: 1)")
+                   help="segments: Gaussian smoothing in px of the source before its gradient (default: %(default)s)")
     p.add_argument("--min_share", type=fraction, default=0.5,
                    help="segments: a segment is voted only when its majority class holds at least this share of "
-                        "its pixels (default: 0.5)")
-    p.add_argument("--sizes", type=positive_int, nargs="+", default=[500, 400], help="square: window sides, applied in turn (default: 500 400)")
-    p.add_argument("--stride", type=positive_int, default=50, help="square: window step; must divide every size (default: 50)")
-    p.add_argument("--band_rows", type=positive_int, default=1024, help="morph, area, close, segments: rows per band; memory is about 12 bytes x width per band row (map, int32 component labels, masks), more while a region taller than the band is pending (segments: 1.5 x band_rows rows of map, source, gradient, mask and labels, about 20 bytes x width each: 370 MB at 11537 px wide) (default: 1024)")
+                        "its pixels (default: %(default)s)")
+    p.add_argument("--sizes", type=positive_int, nargs="+", default=[500, 400],
+                   help="square: window sides, applied in turn (default: 500 400)")
+    p.add_argument("--stride", type=positive_int, default=50,
+                   help="square: window step; must divide every size (default: %(default)s)")
+    p.add_argument("--band_rows", type=positive_int, default=1024,
+                   help="morph, area, close, segments: rows per band; memory is about 12 bytes x width x band_rows "
+                        "(map, int32 component labels, masks), more while a region taller than the band is pending; "
+                        "segments: about 20 bytes x width x 1.5 x band_rows (map, source, gradient, mask and labels "
+                        "of a band and its context rows) (default: %(default)s)")
     return p
+
+
+def fill_options(args: argparse.Namespace) -> FillOptions:
+    """The :class:`~cropmap.maps.postprocess.FillOptions` of parsed flags (those of :func:`get_args_parser`)."""
+    return FillOptions(method=args.method, max_hole=args.max_hole, min_area=args.min_area,
+                       num_classes=args.num_classes, sizes=args.sizes, stride=args.stride, band_rows=args.band_rows,
+                       progress=not args.quiet, radius=args.radius, edge_percentile=args.edge_percentile,
+                       edge_sigma=args.edge_sigma, min_share=args.min_share)
 
 
 def main(args: argparse.Namespace) -> list[Path]:
@@ -90,25 +108,10 @@ def main(args: argparse.Namespace) -> list[Path]:
                          map_path(out_dir, im, args.output_name or args.name, suffix)))
     for _, _, output in jobs:
         check_output_file(output)
+    opts = fill_options(args)
     done = []
     for map_file, source, output in jobs:
-        fill_map(
-            map_file,
-            source,
-            output,
-            method=args.method,
-            max_hole=args.max_hole,
-            min_area=args.min_area,
-            num_classes=args.num_classes,
-            sizes=args.sizes,
-            stride=args.stride,
-            band_rows=args.band_rows,
-            progress=not args.quiet,
-            radius=args.radius,
-            edge_percentile=args.edge_percentile,
-            edge_sigma=args.edge_sigma,
-            min_share=args.min_share,
-        )
+        fill_map(map_file, source, output, opts)
         print(f"{map_file} -> {output} ({args.method})")
         done.append(output)
     return done

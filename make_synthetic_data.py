@@ -48,13 +48,13 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Synthesize a competition-like RGBA data set.", add_help=add_help)
     p.add_argument("--data_root", default="data", help="data root folder (default: data)")
     p.add_argument("--size", type=positive_int, default=3000,
-                   help="longest side, in pixels, of the largest image; the others keep the real proportions (default: 3000)")
+                   help="longest side, in pixels, of the largest image; the others keep the real proportions (default: %(default)s)")
     p.add_argument("--full", action="store_true", help="write the real competition sizes (about 7 gigapixels in all)")
     p.add_argument("--seed", type=seed_int, default=0, help="random seed: the same seed gives the same files (default: 0)")
     p.add_argument("--images", nargs="+", default=list(synthetic.REAL_SIZES), choices=list(synthetic.REAL_SIZES),
                    help="which images to write (default: all four)")
     p.add_argument("--format", default="png", choices=["png", "tif"],
-                   help="png (RGBA) or tif (GeoTIFF: RGB + no-data mask, UTM zone 48N at 0.3 m pixels) (default: png)")
+                   help="png (RGBA) or tif (GeoTIFF: RGB + no-data mask, UTM zone 48N at 0.3 m pixels) (default: %(default)s)")
     p.add_argument("--no_shift", action="store_true",
                    help="render the test images (image_3, image_4) like the training images instead of as "
                         "another acquisition (default: shifted, see cropmap.data.synthetic.SHIFTED)")

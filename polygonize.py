@@ -23,19 +23,23 @@ from cropmap.core.errors import InputError
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Polygonize a class map into a GeoPackage or GeoJSON", add_help=add_help)
-    p.add_argument("--input", required=True, help="class map: GeoTIFF (georeferenced polygons) or PNG (pixel coordinates)")
-    p.add_argument("--output", required=True, help="FILE.gpkg (layer 'fields') or FILE.geojson")
+    p.add_argument("--input", required=True,
+                   help="class map: GeoTIFF (georeferenced polygons) or PNG (pixel coordinates) (required)")
+    p.add_argument("--output", required=True, help="FILE.gpkg (layer 'fields') or FILE.geojson (required)")
     p.add_argument("--classes", type=int_list, default=None,
                    help="classes to turn into polygons, e.g. 1,2,3 (default: 1..num_classes-1, the crops)")
-    p.add_argument("--num_classes", type=int, default=4, help="number of classes of the map; names the classes (default: 4)")
+    p.add_argument("--num_classes", type=int, default=4,
+                   help="number of classes of the map; names the classes (default: %(default)s)")
     p.add_argument("--min_area", type=float, default=0.0,
-                   help="leave out regions smaller than this, in m² (in pixels for a map without a CRS) (default: 0)")
+                   help="leave out regions smaller than this, in m² (in pixels for a map without a CRS) "
+                        "(default: %(default)s)")
     p.add_argument("--simplify", type=float, default=0.0,
                    help="simplify outlines (Douglas-Peucker) with this tolerance in the map's units: metres in a "
-                        "projected CRS, pixels without georeferencing; areas are those before (default: 0, exact "
-                        "pixel edges)")
+                        "projected CRS, pixels without georeferencing; areas are those before; 0 keeps the exact "
+                        "pixel edges (default: %(default)s)")
     p.add_argument("--band_rows", type=int, default=None,
-                   help="rows read and traced at a time (default: about 16 Mpixel per band; memory grows with it)")
+                   help="rows read and traced at a time; memory is about 4 bytes x width x band_rows, plus the "
+                        "regions still open (default: 16777216 / width, about 16 Mpixel per band)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 

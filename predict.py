@@ -27,15 +27,20 @@ import sys
 from functools import partial
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
-from cropmap.core.cli import (add_hardware_args, add_map_args, fraction, nonneg_int, positive_fraction, positive_int,
-                               run_cli, warn)
+from cropmap.core.cli import (add_hardware_args, add_map_args, experimental_group, fraction, nonneg_int,
+                               positive_fraction, positive_int, run_cli, warn)
 
 from cropmap.core.errors import InputError
 from cropmap.core.files import check_output_dir, check_output_file
-from cropmap.predict.inference import TTA_MODES, assign_images, predict_from_source, predict_image
+from cropmap.data.radiometry import apply_affine, apply_lut, match_affine, match_histogram, source_stats, window_stats
+from cropmap.maps.ensemble import checkpoint_summary, write_sidecar
+from cropmap.predict.inference import (TTA_MODES, PredictOptions, assign_images, predict_from_source,
+                                       predict_image)
+from cropmap.train import checkpoint as ckpt
 from cropmap.core.layout import (TEST_SOURCE_DIR, map_path, map_suffix, model_dir, preview_path, source_path, submit_dir,
                                  tiles_csv, window_folder, windows_dir)
 from cropmap.raster import check_image
@@ -69,47 +74,39 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         "decoded by one thread running ahead of the model")
     add_hardware_args(p, "CPU threads of PyTorch in each process (default: PyTorch's choice)",
                       "mixed precision, as in training: bf16 where the GPU supports it, else fp16; bf16 on the CPU")
-    p.add_argument(
-        "--tta",
-        nargs="?",
-        const="d4",
-        default="none",
-        choices=TTA_MODES,
-        help="test-time augmentation: flip (3 views) or d4 (flips and 90-degree rotations, 8 views); "
-        "--tta alone means d4 (default: none)",
-    )
-    p.add_argument(
-        "--blend",
-        default="gaussian",
-        choices=BLEND_MODES,
-        help="how overlapping windows combine: gaussian (centre-weighted probabilities), centre (keep only each "
-        "window's central --keep pixels: large windows, their centre kept, as the competition's winners did) or none "
-        "(paste, the original's way; use with non-overlapping windows) (default: gaussian)",
-    )
-    p.add_argument("--keep", type=positive_int, default=None,
-                   help="with --blend centre: side of each window's central square that is kept; the test windows' "
-                        "stride (generate_test_data.py --stride) makes the squares tile the image (default: half the window)")
-    p.add_argument("--radiometry", default="none", choices=["histogram", "match", "none"],
-                   help="bring a new acquisition's colours (other illumination, colour balance, tone curve, haze) to "
-                        "the training tiles' (their statistics are stored in the checkpoint) before the model sees "
-                        "them: histogram: map each channel of the image's valid pixels onto the training histogram; "
-                        "match: per-channel gain and offset giving the training mean and standard deviation; none: "
-                        "the pixels as they are. Both assume the image holds about the training images' mix of land "
-                        "cover (run_pipeline.py uses histogram; see the README's figures) (default: none)")
+    p.add_argument("--tta", nargs="?", const="d4", default="none", choices=TTA_MODES,
+                   help="test-time augmentation: flip (3 views) or d4 (flips and 90-degree rotations, 8 views); "
+                        "--tta alone means d4 (default: %(default)s)")
+    p.add_argument("--blend", default="gaussian", choices=BLEND_MODES,
+                   help="how overlapping windows combine: gaussian (centre-weighted probabilities), centre (keep only "
+                        "each window's central --keep pixels, as the competition's winners did) or none (paste, the "
+                        "original's way; use with non-overlapping windows) (default: %(default)s)")
     p.add_argument("--adapt_bn", type=nonneg_int, default=0, metavar="N",
                    help="adapt the model to each image before predicting it: re-estimate its BatchNorm statistics on "
-                        "about N of the image's windows spread over all of it (no labels, no weight changes; undoes "
-                        "much of what a new acquisition's blur, noise and contrast do to the features); 0: the "
-                        "training statistics (default: 0)")
-    p.add_argument("--adapt_weight", type=fraction, default=1.0, metavar="W",
+                        "the valid pixels of about N of the image's windows spread over all of it (no labels, no "
+                        "weight changes); 0: the training statistics (default: %(default)s)")
+    p.add_argument("--adapt_weight", type=fraction, default=0.3, metavar="W",
                    help="with --adapt_bn: the image's share of the statistics, W x image + (1 - W) x training "
-                        "(default: 1: the image's alone)")
-    p.add_argument("--adapt_depth", type=positive_fraction, default=1.0, metavar="D",
+                        "(default: %(default)s)")
+    p.add_argument("--adapt_depth", type=positive_fraction, default=0.25, metavar="D",
                    help="with --adapt_bn: adapt only the first D share of the BatchNorm layers, in the order the "
                         "forward pass reaches them (the shallow ones, which see the acquisition more than the "
-                        "scene's content); the others keep the training statistics (default: 1: all)")
-    p.add_argument("--save_probs", action="store_true", help="also write per-class uint8 probabilities IMAGE_predict[_NAME]_prob{c}.png")
-    p.add_argument("--preview_size", type=nonneg_int, default=2048, help="longest side of the colour preview; 0: no preview (default: 2048)")
+                        "scene's content); the others keep the training statistics (default: %(default)s)")
+    p.add_argument("--save_probs", action="store_true",
+                   help="also write per-class uint8 probabilities IMAGE_predict[_NAME]_prob{c}.png (for vote.py --soft)")
+    p.add_argument("--preview_size", type=nonneg_int, default=2048,
+                   help="longest side of the colour preview; 0: no preview (default: %(default)s)")
+    g = experimental_group(p)
+    g.add_argument("--radiometry", default="none", choices=["histogram", "match", "none"],
+                   help="bring a new acquisition's colours to the training tiles' (statistics stored in the "
+                        "checkpoint) before the model sees them: histogram maps each channel of the image's valid "
+                        "pixels onto the training histogram; match applies the per-channel gain and offset giving "
+                        "the training mean and standard deviation; none uses the pixels as they are. Both assume "
+                        "the image holds about the training images' mix of land cover (default: %(default)s)")
+    g.add_argument("--keep", type=positive_int, default=None,
+                   help="with --blend centre: side of each window's central square that is kept; the test windows' "
+                        "stride (generate_test_data.py --stride) makes the squares tile the image (default: half "
+                        "the window)")
     return p
 
 
@@ -169,28 +166,79 @@ def main(args: argparse.Namespace) -> list[dict]:
             dist.destroy_process_group()
 
 
-def _run(args, rank: int, world_size: int, device: torch.device) -> list[dict]:
-    from cropmap.train.checkpoint import find_best, load_checkpoint, load_model
-    from cropmap.maps.ensemble import checkpoint_summary, write_sidecar
-    from cropmap.data.radiometry import apply_affine, apply_lut, match_affine, match_histogram, source_stats, window_stats
+def _radiometry(job: dict, args, train_stats: dict | None, verbose: bool) -> tuple[Callable | None, dict | None]:
+    """``--radiometry``: the transform that maps this image's colours onto the training tiles' statistics,
+    and what the sidecar records of it; ``(None, None)`` when off or when the image has no valid pixel."""
+    if not train_stats:
+        return None, None
+    if "rows" in job:
+        stats = window_stats(job["folder"], job["rows"])
+    else:
+        stats = source_stats(job["source"], progress=not args.quiet and verbose)
+    if not stats["pixels"]:
+        return None, None  # no valid pixel: nothing to match (the map is all 0)
+    if args.radiometry == "histogram":
+        lut = match_histogram(stats, train_stats)
+        record = {"method": "histogram", "lut": lut.tolist()}
+        said = "histogram matching to the training tiles: levels 64/128/192 -> " + ", ".join(
+            "/".join(str(int(v)) for v in lut[c, [64, 128, 192]]) for c in range(3)) + " (R, G, B)"
+        transform = partial(apply_lut, lut=lut)
+    else:
+        gain, offset = match_affine(stats, train_stats)
+        record = {"method": "match", "gain": [round(float(v), 4) for v in gain],
+                  "offset": [round(float(v), 2) for v in offset]}
+        said = f"radiometric matching to the training tiles: gain {record['gain']}, offset {record['offset']}"
+        transform = partial(apply_affine, gain=gain, offset=offset)
+    if verbose:
+        print(f"{job['image']}: {said}", flush=True)
+    return transform, record
 
-    jobs = plan(args)
-    checkpoint = args.checkpoint or find_best(model_dir(args.data_root))
-    state = load_checkpoint(checkpoint)  # read once: weights, validation scores (sidecar), input statistics
-    model, ckpt_args = load_model(checkpoint, device=device, state=state)
+
+def _training_stats(args, state: dict, checkpoint: Path, rank: int) -> dict | None:
+    """The training tiles' statistics ``--radiometry`` needs from the checkpoint (None: off, or not kept)."""
+    if args.radiometry == "none":
+        return None
+    train_stats = state.get("input_stats")
+    if train_stats and args.radiometry == "histogram" and "hist" not in train_stats:
+        train_stats = None  # trained before the histograms were kept
+    if not train_stats and rank == 0:
+        warn(f"{checkpoint}: no training statistics for --radiometry {args.radiometry} in the checkpoint (trained "
+             "before they were kept): the pixels are used as they are")
+    return train_stats
+
+
+def _load(args, jobs: list[dict], device: torch.device) -> tuple:
+    """The checkpoint's model (channels_last), its flags, its state and its path; ``--keep`` checked
+    against every image's windows."""
+    checkpoint = args.checkpoint or ckpt.find_best(model_dir(args.data_root))
+    state = ckpt.load_checkpoint(checkpoint)  # read once: weights, validation scores (sidecar), input statistics
+    model, ckpt_args = ckpt.load_model(checkpoint, device=device, state=state)
     for job in jobs:
         tile = int(job["rows"][0]["size"]) if "rows" in job else args.tile_size
         if args.keep is not None and args.keep > tile:
             raise InputError(f"--keep {args.keep} is larger than the windows of {job['image']} ({tile} px)")
     if isinstance(model, torch.nn.Module):
         model = model.to(memory_format=torch.channels_last)  # the batches come channels_last
+    return model, ckpt_args, state, checkpoint
+
+
+def predict_options(args, ckpt_args: dict, device: torch.device, share: tuple[int, int]) -> PredictOptions:
+    """predict.py's flags (and the checkpoint's classes and input normalisation) as one options object."""
+    num_classes = ckpt_args.get("num_classes")
+    return PredictOptions(
+        device=device, batch_size=args.batch_size, workers=args.workers, tile_size=args.tile_size,
+        stride=args.stride, tta=args.tta, amp=args.amp, blend=args.blend, keep=args.keep,
+        save_probs=args.save_probs, preview_size=max(args.preview_size, 1), progress=not args.quiet,
+        num_classes=int(num_classes) if num_classes else None, rank=share[0], world_size=share[1],
+        input_norm=ckpt_args["input_norm"], adapt_windows=args.adapt_bn, adapt_weight=args.adapt_weight,
+        adapt_depth=args.adapt_depth)
+
+
+def _run(args, rank: int, world_size: int, device: torch.device) -> list[dict]:
+    jobs = plan(args)
+    model, ckpt_args, state, checkpoint = _load(args, jobs, device)
     summary = checkpoint_summary(checkpoint, state)
-    train_stats = state.get("input_stats") if args.radiometry != "none" else None
-    if train_stats and args.radiometry == "histogram" and "hist" not in train_stats:
-        train_stats = None  # trained before the histograms were kept
-    if args.radiometry != "none" and not train_stats and rank == 0:
-        warn(f"{checkpoint}: no training statistics for --radiometry {args.radiometry} in the checkpoint (trained "
-             "before they were kept): the pixels are used as they are")
+    train_stats = _training_stats(args, state, checkpoint, rank)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     if rank == 0:
@@ -201,61 +249,37 @@ def _run(args, rank: int, world_size: int, device: torch.device) -> list[dict]:
     if world_size > 1 and len(jobs) >= world_size:  # whole images per process
         jobs = [jobs[i] for i in assign_images([j["pixels"] for j in jobs], world_size)[rank]]
         share = (0, 1)
-    num_classes = ckpt_args.get("num_classes")
-    results = []
-    for job in jobs:
-        out = job["out"]
-        common = dict(device=device, batch_size=args.batch_size, tta=args.tta, amp=args.amp, blend=args.blend,
-                      blend_options={"keep": args.keep}, save_probs=args.save_probs, preview_path=preview_path(out) if args.preview_size > 0 else None,
-                      preview_size=max(args.preview_size, 1), progress=not args.quiet,
-                      num_classes=int(num_classes) if num_classes else None, rank=share[0], world_size=share[1],
-                      input_norm=ckpt_args["input_norm"], adapt_windows=args.adapt_bn,
-                      adapt_weight=args.adapt_weight, adapt_depth=args.adapt_depth)
-        start = time.perf_counter()
-        transform, radiometry = None, None
-        if train_stats:
-            if "rows" in job:
-                stats = window_stats(job["folder"], job["rows"])
-            else:
-                stats = source_stats(job["source"], progress=not args.quiet and share[0] == 0)
-            if not stats["pixels"]:
-                pass  # no valid pixel: nothing to match (the map is all 0)
-            elif args.radiometry == "histogram":
-                lut = match_histogram(stats, train_stats)
-                transform = partial(apply_lut, lut=lut)
-                radiometry = {"method": "histogram", "lut": lut.tolist()}
-                said = "histogram matching to the training tiles: levels 64/128/192 -> " + ", ".join(
-                    "/".join(str(int(v)) for v in lut[c, [64, 128, 192]]) for c in range(3)) + " (R, G, B)"
-            else:
-                gain, offset = match_affine(stats, train_stats)
-                transform = partial(apply_affine, gain=gain, offset=offset)
-                radiometry = {"method": "match", "gain": [round(float(v), 4) for v in gain],
-                              "offset": [round(float(v), 2) for v in offset]}
-                said = f"radiometric matching to the training tiles: gain {radiometry['gain']}, offset {radiometry['offset']}"
-            if share[0] == 0 and radiometry:
-                print(f"{job['image']}: {said}", flush=True)
-        if "rows" in job:
-            res = predict_image(model, job["rows"], job["folder"], out, workers=args.workers, like=job["like"],
-                                transform=transform, **common)
-        else:
-            res = predict_from_source(model, job["source"], out, tile_size=args.tile_size, stride=args.stride,
-                                      transform=transform, **common)
-        if share[0] == 0:
-            write_sidecar(out, {"map": out.name, "image": job["image"], **summary, "tta": args.tta,
-                                "blend": args.blend, "keep": args.keep, "radiometry": radiometry,
-                                "adapt_bn": res["adapted"], "adapt_weight": args.adapt_weight if res["adapted"] else None,
-                                "adapt_depth": args.adapt_depth if res["adapted"] else None,
-                                "num_classes": res["num_classes"]})
-        took = time.perf_counter() - start
-        if share[0] == 0:
-            if res["windows"] == 0:
-                warn(f"{job['source']}: no valid pixel (alpha is 255 nowhere): its map is all zero")
-            how = "pre-cut windows" if "rows" in job else f"source {job['source']}"
-            adapted = f", BatchNorm adapted on {res['adapted']} windows" if res["adapted"] else ""
-            print(f"{job['image']}: {res['windows']} windows ({how}{adapted}) in {took:.1f} s, "
-                  f"{job['pixels'] / 1e6 / max(took, 1e-9):.1f} Mpixel/s -> {res['map']}", flush=True)
-        results.append(res)
-    return results
+    opts = predict_options(args, ckpt_args, device, share)
+    return [_predict_job(model, job, args, opts, summary, train_stats) for job in jobs]
+
+
+def _predict_job(model, job: dict, args, opts: PredictOptions, summary: dict, train_stats: dict | None) -> dict:
+    """One image's map, its sidecar (first process) and a line saying how it went."""
+    out, first = job["out"], opts.rank == 0
+    start = time.perf_counter()
+    transform, radiometry = _radiometry(job, args, train_stats, first)
+    preview = preview_path(out) if args.preview_size > 0 else None
+    if "rows" in job:
+        res = predict_image(model, job["rows"], job["folder"], out, opts, like=job["like"], preview_path=preview,
+                            transform=transform)
+    else:
+        res = predict_from_source(model, job["source"], out, opts, preview_path=preview, transform=transform)
+    if not first:
+        return res
+    adapted = res["adapted"]
+    write_sidecar(out, {"map": out.name, "image": job["image"], **summary, "tta": args.tta,
+                        "blend": args.blend, "keep": args.keep, "radiometry": radiometry,
+                        "adapt_bn": adapted, "adapt_weight": args.adapt_weight if adapted else None,
+                        "adapt_depth": args.adapt_depth if adapted else None,
+                        "num_classes": res["num_classes"]})
+    took = time.perf_counter() - start
+    if res["windows"] == 0:
+        warn(f"{job['source']}: no valid pixel (alpha is 255 nowhere): its map is all zero")
+    how = "pre-cut windows" if "rows" in job else f"source {job['source']}"
+    said = f", BatchNorm adapted on {adapted} windows" if adapted else ""
+    print(f"{job['image']}: {res['windows']} windows ({how}{said}) in {took:.1f} s, "
+          f"{job['pixels'] / 1e6 / max(took, 1e-9):.1f} Mpixel/s -> {res['map']}", flush=True)
+    return res
 
 
 if __name__ == "__main__":

@@ -31,8 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cropmap.core.cli import (device_name, fraction, percent, warn, nonneg_float, nonneg_int, num_classes_int,
-                               positive_float, positive_fraction, positive_int, run_cli, seed_int, unit_float)
+from cropmap.core.cli import borrow_flags, experimental_group, forward_flags, positive_int, run_cli, warn
 
 from cropmap.core.errors import InputError
 from cropmap.core.files import atomic_path, check_output_dir, copy_atomic
@@ -56,109 +55,82 @@ DEFAULT_MODELS = ("deeplabv3_ce", "deeplabv3_focal", "unet")
 MODELS = [(name, *ZOO[name]) for name in DEFAULT_MODELS]
 
 
+#: The pipeline's defaults where they differ from the scripts' (whose defaults are the original's, for long
+#: runs from pretrained weights on a GPU): a budget that trains three models from scratch on a CPU in
+#: minutes. Small tiles and crops, few epochs, AdamW, no rescaling (the synthetic classes differ by row
+#: spacing at one ground resolution), d4 TTA and shallow test-time BatchNorm adaptation of every model's
+#: maps, and clean-up sizes for maps of a few thousand pixels. experiments/ holds the measurements.
+PIPELINE_DEFAULTS = {
+    "tile_size": 256, "epochs": 6, "val_every": 3, "crop_size": 256, "optimizer": "adamw", "base_lr": None,
+    "scale_min": 1.0, "scale_max": 1.0, "backbone": "resnet18", "exp": "demo",
+    "tta": "d4", "adapt_bn": 8, "max_hole": 20000, "min_area": 400,
+}
+#: Flags passed on unchanged: to every training script, to every predict.py call, to the clean-ups.
+TRAIN_FLAGS = ["batch_size", "optimizer", "input_norm", "val_every", "scale_min", "scale_max"]
+PREDICT_FLAGS = ["tta", "blend", "radiometry", "adapt_bn", "adapt_weight", "adapt_depth"]
+
+
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    """The pipeline's own flags, and those of the scripts it runs, taken from their parsers (one declaration
+    per flag) with :data:`PIPELINE_DEFAULTS`."""
+    import fill_hole
+    import generate_test_data
+    import generate_train_data
+    import make_synthetic_data
+    import predict
+    import vote
+    from cropmap.train import engine
+
+    d = PIPELINE_DEFAULTS
     p = argparse.ArgumentParser(description="Run every step of the pipeline and print a table of scores.",
                                 add_help=add_help)
-    p.add_argument("--data_root", default="data", help="data root of the contract's layout (default: data)")
-    p.add_argument("--synthetic", action="store_true",
+    g = p.add_argument_group("data")
+    g.add_argument("--data_root", default="data", help="data root of the contract's layout (default: %(default)s)")
+    g.add_argument("--synthetic", action="store_true",
                    help="first write the synthetic data set (make_synthetic_data.py) into --data_root")
-    p.add_argument("--size", type=positive_int, default=3000, help="with --synthetic: longest image side (default: 3000)")
-    p.add_argument("--synthetic_format", default="png", choices=["png", "tif"],
-                   help="with --synthetic: write the set as PNGs or as GeoTIFFs (default: png)")
-    p.add_argument("--no_shift", action="store_true",
-                   help="with --synthetic: render the test images like the training images (default: another "
-                        "acquisition, see make_synthetic_data.py)")
-    p.add_argument("--seed", type=seed_int, default=0, help="seed of the synthetic data and of the training runs (default: 0)")
-    p.add_argument("--train_images", nargs="+", default=None,
+    borrow_flags(g, make_synthetic_data.get_args_parser(), {"size": "size", "format": "synthetic_format",
+                                                             "no_shift": "no_shift"})
+    g.add_argument("--train_images", nargs="+", default=None,
                    help="training PNGs or GeoTIFFs (labels NAME_label.png / .tif beside them) "
                         "(default: image_1 image_2 of the layout)")
-    p.add_argument("--test_images", nargs="+", default=None,
+    g.add_argument("--test_images", nargs="+", default=None,
                    help="test PNGs or GeoTIFFs, scored when NAME_label.png / .tif exists beside them "
                         "(default: image_3 image_4)")
-    p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), choices=list(ZOO),
+    borrow_flags(g, generate_train_data.get_args_parser(), ["tile_size"], tile_size=d["tile_size"])
+    borrow_flags(g, generate_test_data.get_args_parser(), ["stride"])
+    train = engine.get_args_parser()
+    borrow_flags(g, train, ["num_classes", "seed"])
+    g = p.add_argument_group("training (every model)")
+    g.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), choices=list(ZOO),
                    help="the models of the ensemble, most trusted first (default: " + " ".join(DEFAULT_MODELS) + ")")
-    p.add_argument("--num_classes", type=num_classes_int, default=4, help="number of classes (default: 4)")
-    p.add_argument("--tile_size", type=positive_int, default=256, help="tile and window side (default: 256)")
-    p.add_argument("--stride", type=positive_int, default=None,
-                   help="step between test windows (default: three quarters of --tile_size, rounded to a multiple of 8: "
-                        "a quarter overlap, blended; on the demo a half overlap gave the same mIoU for 1.6x the time)")
-    p.add_argument("--epochs", type=positive_int, default=6, help="epochs of each DeepLabv3 model (default: 6)")
-    p.add_argument("--unet_epochs", type=positive_int, default=5,
-                   help="epochs of the U-Net (default: 5; on the demo 3 epochs of 96-px crops gave test mIoU 0.325, "
-                        "5 gave 0.605)")
-    p.add_argument("--val_every", type=positive_int, default=3,
-                   help="validate every N epochs and at the last one (train.py --val_every); the best validated epoch "
-                        "is the model (default: 3: a validation pass costs the U-Net about two thirds of an epoch of "
-                        "96-px crops on a CPU)")
-    p.add_argument("--iters_per_epoch", type=positive_int, default=None,
-                   help="cap on iterations per epoch (default: one pass over the training tiles)")
-    p.add_argument("--batch_size", type=positive_int, default=8, help="training batch size, at least 2 (default: 8)")
-    p.add_argument("--crop_size", type=positive_int, default=256,
-                   help="DeepLabv3 training crop, a multiple of 32 (default: 256; 224 takes 0.77x the time per epoch but "
-                        "lowered every final map measured: demo 0.807 -> 0.719, second set 0.637 -> 0.578)")
-    p.add_argument("--unet_crop_size", type=positive_int, default=96,
-                   help="U-Net training crop (default: 96; the U-Net costs about 4x DeepLabv3-ResNet18 per pixel, half "
-                        "of it in its full-resolution hypercolumn head; on a CPU an iteration of 96-px crops takes "
-                        "0.42x the time of 128-px ones)")
-    p.add_argument("--optimizer", default="adamw", choices=["adamw", "sgd"],
-                   help="optimizer of every model (train.py --optimizer) (default: adamw: on this budget of about 100 "
-                        "iterations from scratch it learns far faster than SGD, see the README's figures)")
-    p.add_argument("--base_lr", type=positive_float, default=None,
-                   help="learning rate of every model (default: 0.001 with adamw, 0.03 with sgd)")
-    p.add_argument("--input_norm", default="window", choices=["window", "imagenet"],
-                   help="input normalisation of every model (train.py --input_norm; predict.py follows the checkpoint) "
-                        "(default: window: each crop and window standardised on its own, which undoes most of a new "
-                        "acquisition; see the README's figures)")
-    p.add_argument("--scale_min", type=positive_float, default=1.0,
-                   help="smallest random rescale in training (default: 1.0: the synthetic classes differ by row "
-                        "spacing at a fixed ground resolution, which rescaling 0.5-2x would blur together)")
-    p.add_argument("--scale_max", type=positive_float, default=1.0, help="largest random rescale in training (default: 1.0)")
-    p.add_argument("--ema", type=unit_float, default=0.0, metavar="DECAY",
-                   help="train.py --ema of every model but the SWA one: validate and save the moving average of the "
-                        "weights, e.g. 0.95 (about the last 20 steps; default: 0, the last weights)")
-    p.add_argument("--train_flags", default="",
-                   help="more flags for every training script, in one string, e.g. \"--color_jitter 0.08 "
-                        "--label_smoothing edge\" (default: none)")
-    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads per training process (default: PyTorch's)")
-    p.add_argument("--backbone", default="resnet18", help="DeepLabv3 backbone (default: resnet18)")
-    p.add_argument("--unet_backbone", default="resnet34", help="U-Net encoder (default: resnet34)")
-    p.add_argument("--device", type=device_name, default=None, help="torch device for training and prediction (default: cuda if available)")
-    p.add_argument("--tta", default="d4", choices=["none", "flip", "d4"],
-                   help="test-time augmentation of every model's maps, validation and test alike, those the single "
-                        "rows and the votes use (default: d4, the 8 flips and 90-degree rotations: on three synthetic "
-                        "sets the final map 0.738, 0.728, 0.741 against flip's 0.739, 0.723, 0.689 (3 views) and "
-                        "0.729, 0.706, 0.673 with none, for 3.3x the prediction time of none, 3.5 min more on the "
-                        "demo on a CPU; see the README's figures)")
-    p.add_argument("--tta_check", default="none", choices=["none", "flip", "d4"],
-                   help="also predict the first model with this TTA, a candidate stage of its own, to show what "
-                        "another TTA would add (default: none; none, or the same as --tta: no such stage)")
-    p.add_argument("--radiometry", default="none", choices=["histogram", "match", "none"],
-                   help="predict.py --radiometry of every model's maps, validation and test alike: histogram maps "
-                        "each image's colours onto the training tiles' histogram (default: none: on top of --input_norm "
-                        "window it changed the shifted test's mIoU by -0.036..+0.069 over nine models, +0.006 on "
-                        "average, lowered validation and cost the demo a minute; see the README's figures)")
-    p.add_argument("--adapt_bn", type=nonneg_int, default=8, metavar="N",
-                   help="predict.py --adapt_bn of every model's maps, validation and test alike: BatchNorm statistics "
-                        "re-estimated on the valid pixels of about N windows of each image (default: 8; on the demo's "
-                        "new acquisition it raised all three models and the votes, see the README; 0: off)")
-    p.add_argument("--adapt_weight", type=fraction, default=0.3, metavar="W",
-                   help="predict.py --adapt_weight: the image's share of the adapted statistics, the training "
-                        "statistics the rest (default: 0.3)")
-    p.add_argument("--adapt_depth", type=positive_fraction, default=0.25, metavar="D",
-                   help="predict.py --adapt_depth: the share of the BatchNorm layers adapted, the shallowest first "
-                        "(default: 0.25; on two synthetic sets it beat 0.5 and 1 for the final map, see the README)")
-    p.add_argument("--blend", default="gaussian", choices=["gaussian", "centre"],
-                   help="how every model's windows are stitched (predict.py --blend) (default: gaussian)")
-    p.add_argument("--weight_power", type=nonneg_float, default=1.0, help="vote.py --weight_power of the weighted votes (default: 1)")
-    p.add_argument("--max_hole", type=nonneg_int, default=20000, help="fill_hole.py --method morph --max_hole (default: 20000)")
-    p.add_argument("--min_area", type=nonneg_int, default=400, help="fill_hole.py --method area --min_area (default: 400)")
-    p.add_argument("--radius", type=nonneg_int, default=3, help="fill_hole.py --method close --radius (default: 3)")
-    p.add_argument("--edge_percentile", type=percent, default=70.0,
-                   help="fill_hole.py --method segments --edge_percentile: share in %% of each image's pixels inside "
-                        "segments, the rest are edges (default: 70)")
-    p.add_argument("--exp", default="demo", help="experiment name of the trained models (default: demo)")
-    p.add_argument("--skip_training", action="store_true", help="reuse the checkpoints of an earlier run")
+    borrow_flags(g, train, ["epochs", "val_every", "iters_per_epoch", "batch_size", "crop_size", "optimizer",
+                            "base_lr", "input_norm", "scale_min", "scale_max", "backbone", "exp", "threads",
+                            "device", "ema"], **{k: d[k] for k in ("epochs", "val_every", "crop_size", "optimizer",
+                                                                   "base_lr", "scale_min", "scale_max", "backbone",
+                                                                   "exp")})
+    g.add_argument("--unet_epochs", type=positive_int, default=5, help="epochs of the U-Net (default: %(default)s)")
+    g.add_argument("--unet_crop_size", type=positive_int, default=96,
+                   help="U-Net training crop, a multiple of 32 (default: %(default)s)")
+    g.add_argument("--unet_backbone", default="resnet34", help="U-Net encoder (default: %(default)s)")
+    g.add_argument("--train_flags", default="",
+                   help="more flags for every training script, in one string, e.g. \"--color_jitter 0.08\" "
+                        "(default: none)")
+    g.add_argument("--skip_training", action="store_true", help="reuse the checkpoints of an earlier run")
+    g = p.add_argument_group("maps (every model's, validation and test alike)")
+    borrow_flags(g, predict.get_args_parser(), PREDICT_FLAGS, tta=d["tta"], adapt_bn=d["adapt_bn"])
+    borrow_flags(g, vote.get_args_parser(), ["weight_power"])
+    borrow_flags(g, fill_hole.get_args_parser(), ["max_hole", "min_area", "radius", "edge_percentile"],
+                 max_hole=d["max_hole"], min_area=d["min_area"])
+    experimental_group(p).add_argument(
+        "--tta_check", default="none", choices=["none", "flip", "d4"],
+        help="also predict the first model with this TTA, a candidate stage of its own, to show what another TTA "
+             "would add (none, or the same as --tta: no such stage; default: %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress bars in the steps")
+    for action in p._actions:  # what the pipeline derives when a flag is left at None
+        if action.dest == "base_lr":
+            action.help = action.help.replace("%(default)s", "0.001 with adamw, 0.03 with sgd")
+        elif action.dest == "stride":
+            action.help = action.help.replace("half the window", "three quarters of --tile_size, a multiple of 8")
     return p
 
 
@@ -219,11 +191,8 @@ def choose(rows: list[dict], split: str = "val") -> dict:
     return max(candidates, key=lambda r: (r[split], -rows.index(r)))
 
 
-def main(args: argparse.Namespace) -> list[dict]:
-    t_start = time.perf_counter()
-    root = Path(args.data_root).resolve()
-    check_output_dir(root)
-    # the training scripts' cross-flag rules, checked here too so that the pipeline does not stop after the tiling
+def check_flags(args: argparse.Namespace) -> None:
+    """The training scripts' cross-flag rules, checked first so that the pipeline does not stop after tiling."""
     if args.batch_size < 2:
         raise InputError(f"--batch_size {args.batch_size}: training needs at least 2 images per batch (BatchNorm)")
     for flag in ("crop_size", "unet_crop_size"):
@@ -234,134 +203,184 @@ def main(args: argparse.Namespace) -> list[dict]:
                          "leave gaps")
     if args.scale_min > args.scale_max:
         raise InputError(f"need --scale_min <= --scale_max, got {args.scale_min}, {args.scale_max}")
-    q = ["--quiet"] if args.quiet else []
-    nc = ["--num_classes", str(args.num_classes)]
+
+
+def step_flags(args: argparse.Namespace) -> dict[str, list[str]]:
+    """Flags every step of a kind gets: ``q`` (progress), ``nc`` (classes), ``device``."""
+    return {"q": ["--quiet"] if args.quiet else [], "nc": ["--num_classes", str(args.num_classes)],
+            "device": ["--device", args.device] if args.device else []}
+
+
+def make_sources(args: argparse.Namespace, root: Path) -> tuple[list[str], list[Path]]:
+    """The synthetic set first with ``--synthetic``; the training and test sources."""
     if args.synthetic:
         run(["make_synthetic_data.py", "--data_root", str(root), "--size", str(args.size), "--seed", str(args.seed),
-             "--format", args.synthetic_format, *(["--no_shift"] if args.no_shift else []), *q])
+             "--format", args.synthetic_format, *(["--no_shift"] if args.no_shift else []), *step_flags(args)["q"]])
     train_images = [str(Path(p).resolve()) for p in args.train_images] if args.train_images else \
         [str(source_path(root, TRAIN_SOURCE_DIR, name)) for name in DEFAULT_TRAIN_IMAGES]
     test_images = [Path(p).resolve() for p in args.test_images] if args.test_images else \
         [source_path(root, TEST_SOURCE_DIR, name) for name in DEFAULT_TEST_IMAGES]
-    tile = str(args.tile_size)
+    return train_images, test_images
 
-    # ---- tiles, validation images, test windows
+
+def cut_tiles(args: argparse.Namespace, root: Path, train_images: list[str], test_images: list[Path]) -> tuple:
+    """Training tiles, the validation images and every split's test windows; returns ``(val, test, plain_root)``."""
+    f, tile = step_flags(args), str(args.tile_size)
     run(["generate_train_data.py", "--data_root", str(root), "--images", *train_images, "--tile_size", tile,
-         "--keep", "valid", "--val_fraction", "0.15", *nc, *q])
+         "--keep", "valid", "--val_fraction", "0.15", *f["nc"], *f["q"]])
     val_root = root / "val"  # a data root whose test images are the validation blocks
-    run(["make_val_images.py", "--data_root", str(root), "--images", *train_images, "--val_root", str(val_root), *q])
+    run(["make_val_images.py", "--data_root", str(root), "--images", *train_images, "--val_root", str(val_root),
+         *f["q"]])
     # make_val_images.py names each validation image after its training image (and keeps its format)
-    val_sources = [val_root / TEST_SOURCE_DIR / Path(p).name for p in train_images]
-    val = Split("val", val_root, val_sources)
+    val = Split("val", val_root, [val_root / TEST_SOURCE_DIR / Path(p).name for p in train_images])
     test = Split("test", root, test_images)
     stride = str(args.stride or max(8, (3 * args.tile_size // 4) // 8 * 8))
     for split in (val, test):
         run(["generate_test_data.py", "--data_root", str(split.data_root), "--images", *map(str, split.sources),
-             "--tile_size", tile, "--stride", stride, *q])
+             "--tile_size", tile, "--stride", stride, *f["q"]])
     # the original's way for comparison: non-overlapping windows pasted side by side
     plain_root = root / "plain"
     run(["generate_test_data.py", "--data_root", str(plain_root), "--images", *map(str, test_images),
-         "--tile_size", tile, "--stride", tile, *q])
+         "--tile_size", tile, "--stride", tile, *f["q"]])
+    return val, test, plain_root
 
-    # ---- training
-    device = ["--device", args.device] if args.device else []
+
+def train_models(args: argparse.Namespace, root: Path) -> dict[str, Path]:
+    """Train every model of ``--models`` (unless ``--skip_training``); returns each one's ``_best.pth``."""
+    f = step_flags(args)
     base_lr = args.base_lr if args.base_lr is not None else (0.001 if args.optimizer == "adamw" else 0.03)
-    common = ["--data_root", str(root), "--batch_size", str(args.batch_size), "--optimizer", args.optimizer,
-              "--base_lr", str(base_lr), "--input_norm", args.input_norm, "--val_every", str(args.val_every),
-              "--scale_min", str(args.scale_min), "--scale_max", str(args.scale_max), "--workers", "1",
-              "--seed", str(args.seed), *nc, *device, *q, *shlex.split(args.train_flags)]
-    if args.iters_per_epoch:
-        common += ["--iters_per_epoch", str(args.iters_per_epoch)]
-    if args.threads:
-        common += ["--threads", str(args.threads)]
-    models = [(name, *ZOO[name]) for name in args.models]
+    common = ["--data_root", str(root), *forward_flags(args, TRAIN_FLAGS[:2]), "--base_lr", str(base_lr),
+              *forward_flags(args, TRAIN_FLAGS[2:]), "--workers", "1", "--seed", str(args.seed), *f["nc"],
+              *f["device"], *f["q"], *shlex.split(args.train_flags), *forward_flags(args, ["iters_per_epoch", "threads"])]
     checkpoints = {}
-    for name, script, model, suffix in models:
-        backbone = args.unet_backbone if model == "unet" else args.backbone
+    for name in args.models:
+        script, model, suffix = ZOO[name]
+        unet = model == "unet"
+        backbone = args.unet_backbone if unet else args.backbone
         exp = f"{args.exp}_{suffix}"
         checkpoints[name] = checkpoint_path(model_dir(root), {"model": model, "backbone": backbone, "exp": exp}, "best")
-        epochs = args.unet_epochs if model == "unet" else args.epochs
-        crop = args.unet_crop_size if model == "unet" else args.crop_size
+        epochs = args.unet_epochs if unet else args.epochs
         ema = ["--ema", str(args.ema)] if args.ema and suffix != "swa" else []  # SWA saves its own average
         if not args.skip_training:
             run([script, "--train", *common, *ema, "--exp", exp, "--backbone", backbone, "--epochs", str(epochs),
-                 "--save_every", str(epochs), "--crop_size", str(crop)])
+                 "--save_every", str(epochs), "--crop_size", str(args.unet_crop_size if unet else args.crop_size)])
+    return checkpoints
 
-    # ---- every model's maps, on the validation images and the test images
-    first = models[0][0]
-    names = [m for m, *_ in models]
-    check_tta = args.tta_check not in ("none", args.tta)
-    adapt = ["--adapt_bn", str(args.adapt_bn), "--adapt_weight", str(args.adapt_weight),
-             "--adapt_depth", str(args.adapt_depth)]
+
+def predict_maps(args: argparse.Namespace, val: Split, test: Split, plain_root: Path,
+                 checkpoints: dict[str, Path]) -> None:
+    """Every model's maps (with probabilities) of the validation and the test images; ``--tta_check``'s extra
+    maps of the first model; the first model's plain stitching of the test images."""
+    f = step_flags(args)
+    first = args.models[0]
+    kept = [k for k in PREDICT_FLAGS if k not in ("tta", "blend")]  # what the plain stitching shares
+    maps = forward_flags(args, ["tta", "blend", *kept])
     for split in (val, test):
         predict = ["predict.py", "--data_root", str(split.data_root), "--images", *map(str, split.sources),
-                   "--output_dir", str(split.submit), *device, *q]
+                   "--output_dir", str(split.submit), *f["device"], *f["q"]]
         preview = [] if split is test else ["--preview_size", "0"]
-        for name in names:
-            run([*predict, "--checkpoint", str(checkpoints[name]), "--name", name, "--tta", args.tta,
-                 "--blend", args.blend, "--radiometry", args.radiometry, *adapt,
-                 "--save_probs", *preview])
-        if check_tta:  # what TTA adds, on the first model
-            run([*predict, "--checkpoint", str(checkpoints[first]), "--name", f"{first}_tta", "--blend", args.blend,
-                 "--radiometry", args.radiometry, *adapt, "--tta", args.tta_check,
-                 "--preview_size", "0"])
-    run(["predict.py", "--data_root", str(plain_root), "--images", *map(str, test.sources), "--output_dir", str(test.submit),
-         "--checkpoint", str(checkpoints[first]), "--blend", "none", "--radiometry", args.radiometry, "--name", "plain",
-         *adapt,
-         "--preview_size", "0", *device, *q])
+        for name in args.models:
+            run([*predict, "--checkpoint", str(checkpoints[name]), "--name", name, *maps, "--save_probs", *preview])
+        if tta_checked(args):  # what another TTA adds, on the first model
+            run([*predict, "--checkpoint", str(checkpoints[first]), "--name", f"{first}_tta",
+                 *forward_flags(args, ["blend", *kept]), "--tta", args.tta_check, "--preview_size", "0"])
+    run(["predict.py", "--data_root", str(plain_root), "--images", *map(str, test.sources), "--output_dir",
+         str(test.submit), "--checkpoint", str(checkpoints[first]), "--blend", "none", *forward_flags(args, kept),
+         "--name", "plain", "--preview_size", "0", *f["device"], *f["q"]])
 
-    # ---- ensembles, then clean-ups of the best map so far (chosen on validation)
-    rows: list[dict] = []
 
-    def add(title: str, stage: str, candidate: bool = True, splits=(val, test)) -> dict:
+def tta_checked(args: argparse.Namespace) -> bool:
+    return args.tta_check not in ("none", args.tta)
+
+
+class Table:
+    """The candidate stages and their scores: one row per stage, validation and test."""
+
+    def __init__(self, val: Split, test: Split, num_classes: int):
+        self.val, self.test, self.num_classes = val, test, num_classes
+        self.rows: list[dict] = []
+
+    def add(self, title: str, stage: str, candidate: bool = True, splits: tuple | None = None) -> dict:
         row = {"stage": title, "key": stage, "candidate": candidate}
-        for split in (val, test):
-            cm = score_stage(split, stage, args.num_classes) if split in splits else None
+        for split in (self.val, self.test):
+            cm = score_stage(split, stage, self.num_classes) if split in (splits or (self.val, self.test)) else None
             row[f"{split.name}_cm"] = cm
             row[split.name] = None if cm is None else iou_from_confusion(cm)[1]
-        rows.append(row)
+        self.rows.append(row)
         return row
 
-    add("plain stitching (original's way), " + first, "plain", candidate=False, splits=(test,))
-    for name in names:
-        add(f"{name} + TTA ({args.tta})" if args.tta != "none" else name, name)
-    if check_tta:
-        add(f"{first} + TTA ({args.tta_check})", f"{first}_tta")
-    best_single = choose(rows)
-    votes = [(f"vote of the {len(names)} models, equal weights", "vote", ["--weights", "equal"]),
-             (f"weighted vote (--weights auto, power {args.weight_power:g})", "wvote",
-              ["--weights", "auto", "--weight_power", str(args.weight_power)]),
+
+def vote_candidates(args: argparse.Namespace, table: Table) -> None:
+    """The equal, weighted and weighted soft votes of every model's maps, each a candidate."""
+    nc, q = step_flags(args)["nc"], step_flags(args)["q"]
+    power = ["--weight_power", str(args.weight_power)]
+    votes = [(f"vote of the {len(args.models)} models, equal weights", "vote", ["--weights", "equal"]),
+             (f"weighted vote (--weights auto, power {args.weight_power:g})", "wvote", ["--weights", "auto", *power]),
              (f"weighted soft vote (--soft --weights auto, power {args.weight_power:g})", "wsoft",
-              ["--soft", "--weights", "auto", "--weight_power", str(args.weight_power)])]
+              ["--soft", "--weights", "auto", *power])]
     for title, stage, flags in votes:
-        for split in (val, test):
+        for split in (table.val, table.test):
             for image in split.images:
-                run(["vote.py", "--inputs", *(str(split.map(image, m)) for m in names),
+                run(["vote.py", "--inputs", *(str(split.map(image, m)) for m in args.models),
                      "--output", str(split.map(image, stage)), *nc, *flags, *q])
-        add(title, stage)
-    base = choose(rows)
-    cleanups = [("morph", ["--method", "morph", "--max_hole", str(args.max_hole)], f"fill enclosed holes (morph, max {args.max_hole})"),
-                ("area", ["--method", "area", "--min_area", str(args.min_area)], f"remove regions < {args.min_area} px (area)"),
+        table.add(title, stage)
+
+
+def cleanup_candidates(args: argparse.Namespace, table: Table, base: dict) -> None:
+    """The clean-ups of the best candidate so far (``base``), each a candidate."""
+    nc, q = step_flags(args)["nc"], step_flags(args)["q"]
+    cleanups = [("morph", ["--method", "morph", "--max_hole", str(args.max_hole)],
+                 f"fill enclosed holes (morph, max {args.max_hole})"),
+                ("area", ["--method", "area", "--min_area", str(args.min_area)],
+                 f"remove regions < {args.min_area} px (area)"),
                 ("close", ["--method", "close", "--radius", str(args.radius)], f"closing (radius {args.radius})"),
                 ("segments", ["--method", "segments", "--edge_percentile", f"{args.edge_percentile:g}"],
                  f"segment vote (edges: top {100 - args.edge_percentile:g}% gradients)")]
     for method, flags, title in cleanups:
         stage = f"{base['key']}_{method}"
-        for split in (val, test):
+        for split in (table.val, table.test):
             for image, src in zip(split.images, split.sources):
                 run(["fill_hole.py", "--input", str(split.map(image, base["key"])), "--source", str(src),
                      "--output", str(split.map(image, stage)), *flags, *nc, *q])
-        add(f"{base['key']} + {title}", stage)
+        table.add(f"{base['key']} + {title}", stage)
 
-    # ---- the final map: the candidate that scores best on validation
+
+def main(args: argparse.Namespace) -> list[dict]:
+    t_start = time.perf_counter()
+    root = Path(args.data_root).resolve()
+    check_output_dir(root)
+    check_flags(args)
+    train_images, test_images = make_sources(args, root)
+    val, test, plain_root = cut_tiles(args, root, train_images, test_images)
+    checkpoints = train_models(args, root)
+    predict_maps(args, val, test, plain_root, checkpoints)
+    table = Table(val, test, args.num_classes)
+    first = args.models[0]
+    table.add("plain stitching (original's way), " + first, "plain", candidate=False, splits=(test,))
+    for name in args.models:
+        table.add(f"{name} + TTA ({args.tta})" if args.tta != "none" else name, name)
+    if tta_checked(args):
+        table.add(f"{first} + TTA ({args.tta_check})", f"{first}_tta")
+    best_single = choose(table.rows)
+    vote_candidates(args, table)
+    cleanup_candidates(args, table, choose(table.rows))
+    rows = finish(args, table, best_single)
+    print(f"\npipeline finished in {(time.perf_counter() - t_start) / 60:.1f} min; maps in {test.submit}")
+    return rows
+
+
+def finish(args: argparse.Namespace, table: Table, best_single: dict) -> list[dict]:
+    """The final map (the candidate best on validation) copied to ``IMAGE_predict``, the table printed and
+    written to ``submit/scores/pipeline.json``."""
+    rows, names = table.rows, args.models
     final = choose(rows)
-    for split in (val, test):
+    for split in (table.val, table.test):
         for image in split.images:
             copy_atomic(split.map(image, final["key"]), split.map(image, None))
     final_row = dict(final, stage=f"final map = {final['key']} (chosen on validation)", candidate=False)
     rows.append(final_row)
     print(f"\nbest single model on validation: {best_single['key']}; final map chosen on validation: {final['key']}")
-    if rows and any(r["test"] is not None for r in rows):
+    if any(r["test"] is not None for r in rows):
         print_table(rows, args.num_classes)
         gain = final_row["test"] - best_single["test"]
         print(f"\ntest mIoU: final {final_row['test']:.3f}, best single model {best_single['test']:.3f} "
@@ -372,8 +391,7 @@ def main(args: argparse.Namespace) -> list[dict]:
                   f"({final_row['test'] - top['test']:+.3f} to the final map; not used for any choice)")
     else:
         print("\nno test labels (NAME_label.png beside the test images): test maps not scored")
-    write_scores(test.submit / "scores" / "pipeline.json", rows, best_single, final)
-    print(f"\npipeline finished in {(time.perf_counter() - t_start) / 60:.1f} min; maps in {test.submit}")
+    write_scores(table.test.submit / "scores" / "pipeline.json", rows, best_single, final)
     for r in rows:  # the old keys, kept for callers of main()
         cm = r.get("test_cm")
         if cm is not None:

@@ -29,7 +29,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--pred", default=None, help="predicted map (default: OUTPUT_DIR/IMAGE_predict.png for each of --images)")
     p.add_argument("--label", default=None, help="label of --pred (default with --images: SOURCE_DIR/IMAGE_label.png)")
     p.add_argument("--source", default=None, help="source image of --pred, for its no-data mask (default with --images: SOURCE_DIR/IMAGE.png; without it every pixel counts)")
-    p.add_argument("--json", default=None, help="also write the scores as JSON (iou, mIoU, mIoU_all, confusion)")
+    p.add_argument("--json", default=None, help="also write the scores as JSON (iou, mIoU, mIoU_all, confusion) (default: none)")
     add_map_args(p, "to score when --pred is not given; their scores add up into one")
     return p
 

@@ -49,10 +49,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--weights", default="equal",
                    help="equal: one vote per input; auto: per class, the validation IoU of each input's checkpoint "
                         "(from the sidecar X.json beside each map), normalised over the inputs; or one number per "
-                        "input, e.g. 0.5,0.3,0.2 (default: equal)")
+                        "input, e.g. 0.5,0.3,0.2 (default: %(default)s)")
     p.add_argument("--weight_power", type=nonneg_float, default=1.0,
                    help="with --weights auto: weights are IoU ** POWER before normalising; larger trusts the best "
-                        "model of each class more (default: 1)")
+                        "model of each class more (default: %(default)s)")
     p.add_argument("--name", default=None,
                    help="without --inputs: write IMAGE_predict_NAME instead of IMAGE_predict (default: none)")
     return p

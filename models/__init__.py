@@ -13,7 +13,7 @@ import os
 from torch import nn
 
 from .backbones import dilate_resnet_, make_resnet
-from .deeplab import OUTPUT_STRIDES, build_deeplabv3
+from .deeplab import OUTPUT_STRIDES, build_deeplabv3, check_output_stride
 from .registry import BACKBONES, MODELS, RESNETS, check_backbone, list_backbones
 from .unet import SCSE, DecoderBlock, UNetResNet, Unet34_scSE_hyper, build_unet
 
@@ -68,8 +68,7 @@ def build_model(
         FileNotFoundError: ``pretrained`` path does not exist.
     """
     check_backbone(model, backbone)
-    if output_stride not in OUTPUT_STRIDES:
-        raise ValueError(f"unsupported output_stride {output_stride!r}; valid: {OUTPUT_STRIDES}")
+    check_output_stride(output_stride)
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     if model == "deeplabv3":

@@ -40,6 +40,12 @@ _DILATION = {16: (False, False, True), 8: (False, True, True)}
 _ASPP_RATES = {16: (6, 12, 18), 8: (12, 24, 36)}
 
 
+def check_output_stride(output_stride: int) -> None:
+    """ValueError (listing the valid values) unless ``output_stride`` is one of :data:`OUTPUT_STRIDES`."""
+    if output_stride not in OUTPUT_STRIDES:
+        raise ValueError(f"unsupported output_stride {output_stride!r}; valid: {OUTPUT_STRIDES}")
+
+
 def build_deeplabv3(
     backbone: str,
     num_classes: int = 4,
@@ -65,8 +71,7 @@ def build_deeplabv3(
         The encoder is reachable as ``model.backbone`` (an ``IntermediateLayerGetter``).
     """
     check_backbone("deeplabv3", backbone)
-    if output_stride not in OUTPUT_STRIDES:
-        raise ValueError(f"unsupported output_stride {output_stride!r}; valid: {OUTPUT_STRIDES}")
+    check_output_stride(output_stride)
     resnet = make_resnet(backbone, pretrained, _DILATION[output_stride])
     _, _, c3, c4 = RESNET_CHANNELS[backbone]
     return_layers = {"layer4": "out"}

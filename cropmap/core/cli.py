@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import re
 import signal
@@ -204,6 +205,64 @@ def add_map_args(p: argparse.ArgumentParser, what: str, num_classes: bool = True
                    help="file format of the maps found or written by image name: png, or tif (GeoTIFF with the "
                         "source's CRS and transform) (default: the source image's format)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+#: Title and description of the argument group of flags whose measured effect was nil or negative.
+EXPERIMENTAL = ("experimental", "measured neutral or worse so far (see experiments/); kept to measure on other imagery")
+
+
+def experimental_group(p: argparse.ArgumentParser):
+    """The parser's argument group of experimental flags (created once, the same title in every script)."""
+    for g in p._action_groups:
+        if g.title == EXPERIMENTAL[0]:
+            return g
+    return p.add_argument_group(*EXPERIMENTAL)
+
+
+def borrow_flags(dst, parser: argparse.ArgumentParser, flags: dict[str, str] | list[str], **defaults) -> list[str]:
+    """Add to ``dst`` (a parser or argument group) flags declared in another script's ``parser``, as declared
+    there (type, choices, metavar, help), so that each flag is declared once.
+
+    ``flags``: the ``dest`` names to take, or ``{dest in parser: dest here}`` to take a flag under another
+    name (``--format`` as ``--synthetic_format``). ``defaults``: new defaults by (new) ``dest``; help strings
+    written with ``%(default)s`` show them. A flag that the source parser files under "experimental" lands in
+    ``dst``'s parser's experimental group. Returns the new ``dest`` names.
+    """
+    names = flags if isinstance(flags, dict) else {f: f for f in flags}
+    actions = {a.dest: a for a in parser._actions}
+    owner = {a.dest: g.title for g in parser._action_groups for a in g._group_actions}
+    root = getattr(dst, "_container", dst)  # a group's parser
+    out = []
+    for dest, new in names.items():
+        action = copy.copy(actions[dest])
+        if new != dest:
+            action.dest = new
+            action.option_strings = ["--" + new]
+        if new in defaults:
+            action.default = defaults[new]
+        target = experimental_group(root) if owner.get(dest) == EXPERIMENTAL[0] else dst
+        target._add_action(action)
+        out.append(new)
+    return out
+
+
+def forward_flags(args: argparse.Namespace, dests: Iterable[str], rename: dict[str, str] | None = None) -> list[str]:
+    """Command-line words that pass ``args``' values of ``dests`` on to another script: ``["--tta", "d4", ...]``;
+    a flag whose value is None is left out, a true ``store_true`` flag is the flag alone, a false one nothing.
+    ``rename``: ``{dest here: flag name there}``."""
+    words: list[str] = []
+    for dest in dests:
+        value = getattr(args, dest)
+        flag = "--" + (rename or {}).get(dest, dest)
+        if value is None or value is False:
+            continue
+        if value is True:
+            words.append(flag)
+        elif isinstance(value, (list, tuple)):
+            words += [flag, *map(str, value)]
+        else:
+            words += [flag, str(value)]
+    return words
 
 
 def _terminated(signum, frame):

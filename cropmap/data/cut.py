@@ -68,7 +68,7 @@ def add_tiling_args(p, source_dir: str, images: list[str], what: str, stride_def
                    help=f"folder under --data_root holding the sources (default: {source_dir})")
     p.add_argument("--images", nargs="+", default=images,
                    help=f"names in --source_dir, or paths to PNGs or GeoTIFFs{label_help} (default: {' '.join(images)})")
-    p.add_argument("--tile_size", type=positive_int, default=512, help=f"{what} side in pixels (default: 512)")
+    p.add_argument("--tile_size", type=positive_int, default=512, help=f"{what} side in pixels (default: %(default)s)")
     p.add_argument("--stride", type=positive_int, default=None, help=f"distance between {what}s (default: {stride_default})")
     p.add_argument("--workers", type=positive_int, default=2, help=f"threads encoding PNG {what}s (default: 2)")
     p.add_argument("--compression", type=int, default=0, choices=range(10), metavar="0-9",

@@ -6,7 +6,7 @@ it (:func:`_crack_rings`: the edges of a boundary pixel between where the ring e
 leaves, from the directions of the chain's steps), so rings run exactly along pixel edges and a polygon's
 area is its pixel count. OpenCV joins diagonal neighbours; where it did, a ring touches itself at a pixel
 corner and is split there (``shapely.make_valid``), so every polygon is one 4-connected region, as
-``rasterio.features.shapes`` (GDAL) gives it, in less than half the time (bench/geotiff.py).
+``rasterio.features.shapes`` (GDAL) gives it.
 
 Merging (:class:`Polygonizer`): the map is read in bands of full rows. A polygon cut by the bottom edge of
 a band is held; pieces that meet across the cut (the same class in the pixels just above and below) are
@@ -40,7 +40,8 @@ from cropmap.raster import RasterInfo, check_map, check_map_values, open_reader
 
 #: Output drivers by file suffix.
 DRIVERS = {".gpkg": "GPKG", ".geojson": "GeoJSON", ".json": "GeoJSON"}
-#: Pixels per band: two bands, a class mask and OpenCV's work on it stay well under 1 GB (16 Mpixel: ~100 MB).
+#: Pixels per band (16 Mpixel). Memory: two bands, a class mask and OpenCV's copy of it, about
+#: 4 bytes x width x band rows, plus the traced contours and the regions still open.
 BAND_PIXELS = 1 << 24
 #: Polygons written at a time (each write opens and closes the file).
 BATCH = 50_000
@@ -376,6 +377,68 @@ def _bands(path: str | os.PathLike, rows: int) -> Iterator[tuple[int, np.ndarray
             y += n
 
 
+@dataclass(frozen=True)
+class _Frame:
+    """Where a map's polygons go from pixel coordinates, and how their areas in m² are had."""
+
+    crs: object | None  # rasterio CRS, or None (pixel coordinates, or map units without a CRS)
+    transform: tuple[float, ...]  # pixel -> map coordinates (GDAL order: a, b, c, d, e, f)
+    m2_per_px: float | None  # a projected CRS's pixel area in m²; None otherwise
+
+    @classmethod
+    def of(cls, info: RasterInfo) -> _Frame:
+        georef = info.georef
+        if georef is None:
+            return cls(None, (1.0, 0.0, 0.0, 0.0, 1.0, 0.0), None)
+        crs = georef.crs
+        m2_per_px = None
+        if crs is not None and not crs.is_geographic:
+            unit = crs.linear_units_factor[1] if crs.linear_units_factor else 1.0
+            m2_per_px = georef.pixel_area * unit * unit
+        return cls(crs, georef.transform, m2_per_px)
+
+    @property
+    def with_m2(self) -> bool:
+        """Whether the polygons get an area in m² (the map has a CRS)."""
+        return self.crs is not None
+
+    @property
+    def crs_text(self) -> str | None:
+        return self.crs.to_string() if self.crs is not None else None
+
+    def finish(self, geoms: np.ndarray, cls: np.ndarray, min_area: float,
+               simplify: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+        """Finished regions in pixel coordinates -> ``(geoms, cls, area_px, area_m2)`` in the map's
+        coordinates, those smaller than ``min_area`` (m² with a CRS, else pixels) left out, simplified."""
+        import shapely
+
+        area_px = np.rint(shapely.area(geoms)).astype(np.int64)
+        world = _to_crs(geoms, self.transform)
+        if self.crs is not None and self.crs.is_geographic:
+            area_m2 = _equal_area_m2(world, self.crs)
+        elif self.m2_per_px is not None:
+            area_m2 = area_px * self.m2_per_px
+        else:
+            area_m2 = None
+        keep = (area_m2 if self.with_m2 else area_px) >= min_area
+        if not keep.all():
+            world, cls, area_px = world[keep], cls[keep], area_px[keep]
+            area_m2 = area_m2[keep] if area_m2 is not None else None
+        if simplify > 0:
+            world = shapely.simplify(world, simplify, preserve_topology=True)
+        return world, cls, area_px, area_m2
+
+
+def _note_frame(path: str | os.PathLike, info: RasterInfo, driver: str, log) -> None:
+    """Log what a map without a CRS gives: polygons in pixel coordinates or in its units, areas in pixels."""
+    if info.georef is None:
+        hint = " (GeoJSON readers take such coordinates for WGS 84 degrees: .gpkg keeps them CRS-less)"
+        log(f"note: {path} has no georeferencing: polygons are in pixel coordinates (x = column, y = row from "
+            "the top), without a CRS; areas in pixels" + (hint if driver == "GeoJSON" else ""))
+    elif info.georef.crs is None:
+        log(f"note: {path} has a transform but no CRS: polygons are in its units, without a CRS; areas in pixels")
+
+
 def polygonize_map(
     path: str | os.PathLike,
     output: str | os.PathLike,
@@ -398,12 +461,11 @@ def polygonize_map(
         simplify: Douglas-Peucker tolerance in the map's units (metres in a projected CRS, pixels for a
             map without georeferencing); 0 keeps the exact pixel edges. Areas are those before it.
         band_rows: rows per band (default: about :data:`BAND_PIXELS` pixels).
+        log: where the notes on a map without a CRS go.
 
     Returns:
         ``{"polygons": n, "crs": text or None, "pixel_coordinates": bool}``.
     """
-    import shapely
-
     from cropmap.core.classes import class_names
 
     output = Path(output)
@@ -416,54 +478,19 @@ def polygonize_map(
     if bad:
         raise InputError(f"--classes: {bad[0]} outside 0..{num_classes - 1}")
     names = class_names(num_classes)
-    georef = info.georef
-    crs = georef.crs if georef is not None else None
-    transform = georef.transform if georef is not None else (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
-    if georef is None:
-        hint = " (GeoJSON readers take such coordinates for WGS 84 degrees: .gpkg keeps them CRS-less)"
-        log(f"note: {path} has no georeferencing: polygons are in pixel coordinates (x = column, y = row from "
-            "the top), without a CRS; areas in pixels" + (hint if driver == "GeoJSON" else ""))
-    elif crs is None:
-        log(f"note: {path} has a transform but no CRS: polygons are in its units, without a CRS; areas in pixels")
-    geographic = crs is not None and crs.is_geographic
-    m2_per_px = None
-    if crs is not None and not geographic:
-        unit = crs.linear_units_factor[1] if crs.linear_units_factor else 1.0
-        m2_per_px = georef.pixel_area * unit * unit
-    with_m2 = crs is not None
+    _note_frame(path, info, driver, log)
+    frame = _Frame.of(info)
     rows = band_rows or max(1, BAND_PIXELS // max(info.width, 1))
     poly = Polygonizer(info.height, classes)
-    total = 0
     with atomic_path(output) as tmp, progress_bar(total=info.height, desc=output.name, unit="row",
                                                   disable=not progress, leave=False) as bar:
         tmp.unlink()  # the driver creates the file
-        out = _Output(tmp, driver, crs.to_string() if crs is not None else None, names, with_m2)
-
-        def emit(geoms: np.ndarray, cls: np.ndarray) -> None:
-            nonlocal total
-            if len(geoms) == 0:
-                return
-            area_px = np.rint(shapely.area(geoms)).astype(np.int64)
-            world = _to_crs(geoms, transform)
-            if geographic:
-                area_m2 = _equal_area_m2(world, crs)
-            elif m2_per_px is not None:
-                area_m2 = area_px * m2_per_px
-            else:
-                area_m2 = None
-            keep = (area_m2 if with_m2 else area_px) >= min_area
-            if not keep.all():
-                world, cls, area_px = world[keep], cls[keep], area_px[keep]
-                area_m2 = area_m2[keep] if area_m2 is not None else None
-            if simplify > 0:
-                world = shapely.simplify(world, simplify, preserve_topology=True)
-            out.add(world, cls, area_px, area_m2)
-            total += len(world)
-
+        out = _Output(tmp, driver, frame.crs_text, names, frame.with_m2)
         for y, band in _bands(path, rows):
             check_map_values(band, num_classes, path)
-            emit(*poly.add_band(y, band))
+            geoms, cls = poly.add_band(y, band)
+            if len(geoms):
+                out.add(*frame.finish(geoms, cls, min_area, simplify))
             bar.update(len(band))
         out.flush()
-    return {"polygons": total, "crs": crs.to_string() if crs is not None else None, "pixel_coordinates": georef is None}
-
+    return {"polygons": out.count, "crs": frame.crs_text, "pixel_coordinates": info.georef is None}

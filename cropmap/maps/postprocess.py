@@ -11,8 +11,9 @@ one ``uint8`` band carries both (a "work" strip); it becomes 0 again when writte
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -293,24 +294,51 @@ def square_stage(strips, height: int, width: int, size: int = 500, stride: int =
 # ---- the whole fill pipeline -----------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class FillOptions:
+    """How :func:`fill_map` fills a map (``fill_hole.py``'s flags of the same names).
+
+    Attributes:
+        method: one of :data:`FILL_METHODS` (see :func:`fill_map`).
+        max_hole: morph: largest class-0 region filled, in pixels.
+        min_area: morph: crop regions smaller than this take the one class around them; area: regions of
+            any class smaller than this take their neighbours' majority class; 0: off.
+        num_classes: C; map values are ``0..C-1``.
+        sizes: square: window sides, applied in turn.
+        stride: square: window step; divides every size.
+        band_rows: morph, area, close, segments: rows per band.
+        progress: show progress bars.
+        radius: close: radius of the elliptical closing kernel.
+        edge_percentile: segments: the share in % of valid pixels that are inside pixels (the weakest gradients).
+        edge_sigma: segments: Gaussian smoothing in px of the source before its gradient.
+        min_share: segments: a segment is voted only when its majority class holds this share of it.
+    """
+
+    method: str = "morph"
+    max_hole: int = 250_000
+    min_area: int = 0
+    num_classes: int = 4
+    sizes: Sequence[int] = (500, 400)
+    stride: int = 50
+    band_rows: int = 1024
+    progress: bool = True
+    radius: int = 3
+    edge_percentile: float = 70.0
+    edge_sigma: float = 1.0
+    min_share: float = 0.5
+
+
 def fill_map(
     map_path: str | os.PathLike,
     source_path: str | os.PathLike,
     output: str | os.PathLike,
-    method: str = "morph",
-    max_hole: int = 250_000,
-    min_area: int = 0,
-    num_classes: int = 4,
-    sizes: Sequence[int] = (500, 400),
-    stride: int = 50,
-    band_rows: int = 1024,
-    progress: bool = True,
-    radius: int = 3,
-    edge_percentile: float = 70.0,
-    edge_sigma: float = 1.0,
-    min_share: float = 0.5,
+    opts: FillOptions | None = None,
+    **overrides,
 ) -> Path:
     """Fill holes in a full-size map, streaming; no-data (alpha != 255 in ``source_path``) stays 0.
+
+    ``opts`` (default: :class:`FillOptions`'s defaults) with ``overrides``, its fields by name
+    (``method="area", min_area=400``), say how:
 
     ``morph``: class-0 regions enclosed by one crop class, of area at most ``max_hole``, become that
     class (:func:`fill_components`); then, with ``min_area`` > 0, for each crop class c in turn, regions of
@@ -328,8 +356,9 @@ def fill_map(
     ``output`` may be ``map_path`` itself: it is replaced only when complete. A GeoTIFF output keeps the
     georeferencing of the map, or of the source if the map has none.
     """
-    if method not in FILL_METHODS:
-        raise ValueError(f"unknown method {method!r}; valid: {', '.join(FILL_METHODS)}")
+    opts = replace(opts or FillOptions(), **overrides)
+    if opts.method not in FILL_METHODS:
+        raise ValueError(f"unknown method {opts.method!r}; valid: {', '.join(FILL_METHODS)}")
     info = check_map(map_path)
     src = check_image(source_path)
     if src.shape != info.shape:
@@ -337,43 +366,58 @@ def fill_map(
             f"{map_path}: size {info.height}x{info.width} differs from its source {source_path} ({src.height}x{src.width})"
         )
     check_georef(info, src, "map")
+    strips = _fill_stages(map_path, source_path, Path(output).name, info.shape, opts)
     height, width = info.shape
-
-    def work(with_source: bool = False) -> Iterator[tuple[int, np.ndarray | list[np.ndarray]]]:
-        """Work strips (the map, IGNORE at no-data); ``with_source``: ``[work, rgba]`` per strip."""
-        rows = strip_rows(width, bytes_per_pixel=1 + 4)  # map, RGBA source
-        for y, (m, rgba) in iter_zip([map_path, source_path], rows):
-            check_map_values(m, num_classes, map_path)
-            w = np.where(valid_mask(rgba[..., 3]), m, IGNORE).astype(np.uint8)
-            yield y, ([w, rgba] if with_source else w)
-
-    strips: Iterable = work()
-    if method == "segments":
-        with progress_bar(total=height, desc=f"{Path(output).name} edges", unit="row", disable=not progress,
-                          leave=False) as bar:
-            threshold = edge_threshold(source_path, height, width, edge_sigma, edge_percentile, band_rows, bar.update)
-
-        strips = segment_stage(work(with_source=True), height, num_classes, threshold, edge_sigma, min_share, band_rows)
-    elif method == "morph":
-        strips = morph_stage(strips, height, 0, max_hole, band_rows)
-        if min_area > 0:
-            for c in range(1, num_classes):
-                strips = morph_stage(strips, height, c, min_area - 1, band_rows)
-    elif method == "area":
-        if min_area > 1:
-            for c in range(num_classes):
-                strips = area_stage(strips, height, c, min_area - 1, num_classes, band_rows)
-    elif method == "close":
-        if radius > 0:
-            for c in range(1, num_classes):
-                strips = close_stage(strips, height, c, radius, band_rows)
-    else:
-        for size in sizes:
-            strips = square_stage(strips, height, width, size, stride)
     with open_writer(output, width, height, like=info if info.georef else src) as writer, progress_bar(
-        total=height, desc=Path(output).name, unit="row", disable=not progress, leave=False
+        total=height, desc=Path(output).name, unit="row", disable=not opts.progress, leave=False
     ) as bar:
         for _, rows in strips:
             writer.write(np.where(rows == IGNORE, 0, rows).astype(np.uint8))
             bar.update(len(rows))
     return Path(output)
+
+
+def _work_strips(map_path: str | os.PathLike, source_path: str | os.PathLike, width: int, num_classes: int,
+                 with_source: bool = False) -> Iterator[tuple[int, np.ndarray | list[np.ndarray]]]:
+    """Work strips (the map, IGNORE at no-data); ``with_source``: ``[work, rgba]`` per strip."""
+    rows = strip_rows(width, bytes_per_pixel=1 + 4)  # map, RGBA source
+    for y, (m, rgba) in iter_zip([map_path, source_path], rows):
+        check_map_values(m, num_classes, map_path)
+        w = np.where(valid_mask(rgba[..., 3]), m, IGNORE).astype(np.uint8)
+        yield y, ([w, rgba] if with_source else w)
+
+
+def _fill_stages(map_path: str | os.PathLike, source_path: str | os.PathLike, name: str, shape: tuple[int, int],
+                 opts: FillOptions) -> Iterable[tuple[int, np.ndarray]]:
+    """The finished work strips of ``opts.method``: its stages chained on the map's work strips.
+
+    ``segments`` makes its first pass over the source (the edge threshold) here, with a progress bar
+    named after ``name``, the output file's name.
+    """
+    height, width = shape
+    c = opts.num_classes
+    if opts.method == "segments":
+        with progress_bar(total=height, desc=f"{name} edges", unit="row", disable=not opts.progress,
+                          leave=False) as bar:
+            threshold = edge_threshold(source_path, height, width, opts.edge_sigma, opts.edge_percentile,
+                                       opts.band_rows, bar.update)
+        return segment_stage(_work_strips(map_path, source_path, width, c, with_source=True), height, c, threshold,
+                             opts.edge_sigma, opts.min_share, opts.band_rows)
+    strips: Iterable = _work_strips(map_path, source_path, width, c)
+    if opts.method == "morph":
+        strips = morph_stage(strips, height, 0, opts.max_hole, opts.band_rows)
+        if opts.min_area > 0:
+            for value in range(1, c):
+                strips = morph_stage(strips, height, value, opts.min_area - 1, opts.band_rows)
+    elif opts.method == "area":
+        if opts.min_area > 1:
+            for value in range(c):
+                strips = area_stage(strips, height, value, opts.min_area - 1, c, opts.band_rows)
+    elif opts.method == "close":
+        if opts.radius > 0:
+            for value in range(1, c):
+                strips = close_stage(strips, height, value, opts.radius, opts.band_rows)
+    else:
+        for size in opts.sizes:
+            strips = square_stage(strips, height, width, size, opts.stride)
+    return strips

@@ -8,9 +8,9 @@ For Practical Domain Adaptation*; Schneider et al. 2020, *Improving robustness a
 by covariate shift adaptation*), undoes much of that shift.
 
 :func:`sample_groups` picks about ``N`` windows spread evenly over the image's prediction grid,
-:func:`adapt_batchnorm` runs them through the model (eval mode, no gradients) while each BatchNorm layer
-measures its input over the valid pixels of all sampled windows (no-data and padding left out) and
-normalises with what it will keep, and
+:func:`select_windows` keeps those with enough valid pixels, :func:`adapt_batchnorm` runs them through
+the model (eval mode, no gradients) while each BatchNorm layer measures its input over the valid pixels
+of all sampled windows (no-data and padding left out) and normalises with what it will keep, and
 :func:`restore_batchnorm` puts the training statistics back after the image, so that each image is
 adapted from the same model. The sample is a function of the image alone, so several processes sharing
 an image adapt identically.
@@ -27,9 +27,8 @@ from torch import nn
 from cropmap.data.normalize import normalize
 from cropmap.core.device import amp_dtype
 
-#: Least share of valid (alpha 255) pixels of a window used for the statistics (no-data is not the scene;
-#: on the demo's sparse validation images 0.9 left 2 windows and full adaptation fell from 0.75 to 0.50
-#: mIoU, 0.2 gave 0.69).
+#: Least share of valid (alpha 255) pixels of a window used for the statistics (no-data is not the scene,
+#: but a high bar leaves too few windows of a sparse image to estimate the statistics on).
 MIN_VALID = 0.2
 
 BNState = list[tuple[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor, float | None]]
@@ -78,6 +77,127 @@ def restore_batchnorm(state: BNState) -> None:
         m.momentum = momentum
 
 
+class _AdaptHook:
+    """The forward pre-hook of the adapted BatchNorm layers: measures each layer's input, sets its statistics.
+
+    Before a layer runs, its running statistics are reset to the training ones; a layer within ``depth``
+    (see :func:`adapt_batchnorm`) whose input is not pooled to 1x1 then merges its input's moments over the
+    valid positions (:attr:`mask`, the current batch's valid pixels) into :attr:`acc` and gets the mixed
+    statistics, which its own eval-mode forward uses. :meth:`restore` puts the training statistics back,
+    :meth:`commit` sets the ones measured over all batches.
+    """
+
+    def __init__(self, layers: list[nn.Module], weight: float, depth: float) -> None:
+        self.weight = weight
+        # per layer: valid weight, mean and sum of squared deviations (float64), merged batch by batch
+        self.acc: dict[nn.Module, list] = {m: [0.0, None, None] for m in layers}
+        self.trained = {m: (m.running_mean.clone(), m.running_var.clone()) for m in layers}
+        self.mask: torch.Tensor | None = None  # the batch's valid mask, float [B, 1, H, W] of the padded input
+        self.cutoff = math.ceil(depth * len(layers) - 1e-9)
+        self.reached: dict[nn.Module, int] = {}  # layer -> its place in the forward pass
+
+    def __call__(self, m: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        x = inputs[0]
+        mean0, var0 = self.trained[m]
+        m.running_mean.copy_(mean0)
+        m.running_var.copy_(var0)
+        if self.reached.setdefault(m, len(self.reached)) >= self.cutoff:
+            return None  # deeper than ``depth``: the training statistics
+        if x.shape[-2:].numel() == 1:
+            return None  # pooled features: the training statistics
+        w = nn.functional.adaptive_avg_pool2d(self.mask, x.shape[-2:])
+        n = float(w.sum())
+        if n <= 0:
+            return None
+        mean, m2 = _weighted_moments(x, w, n, mean0)
+        self._merge(m, n, mean, m2)
+        weight = self.weight
+        m.running_mean.copy_((weight * mean + (1.0 - weight) * mean0.double()).to(mean0.dtype))
+        m.running_var.copy_((weight * (m2 / n) + (1.0 - weight) * var0.double()).to(var0.dtype))
+        return None
+
+    def _merge(self, m: nn.Module, n: float, mean: torch.Tensor, m2: torch.Tensor) -> None:
+        """Merge one batch's valid weight ``n``, ``mean`` and ``m2`` into layer ``m``'s accumulator."""
+        a = self.acc[m]
+        if a[1] is None:
+            a[:] = [n, mean, m2]
+        else:  # Chan et al.'s pairwise update
+            total = a[0] + n
+            delta = mean - a[1]
+            a[1] = a[1] + delta * (n / total)
+            a[2] = a[2] + m2 + delta.square() * (a[0] * n / total)
+            a[0] = total
+
+    def restore(self) -> None:
+        """Put every layer's training statistics back."""
+        for m, (mean0, var0) in self.trained.items():
+            m.running_mean.copy_(mean0)
+            m.running_var.copy_(var0)
+
+    def commit(self) -> None:
+        """Mix, by the weight, each measured layer's statistics over all batches into its (training) ones."""
+        weight = self.weight
+        for m, (n, mean, m2) in self.acc.items():
+            if mean is None:
+                continue
+            var = m2 / max(n - 1.0, 1.0) if n > 1 else m2 * 0  # unbiased, as BatchNorm's running variance
+            m.running_mean.copy_((weight * mean + (1.0 - weight) * m.running_mean.double()).to(m.running_mean.dtype))
+            m.running_var.copy_((weight * var + (1.0 - weight) * m.running_var.double()).to(m.running_var.dtype))
+
+
+def _weighted_moments(x: torch.Tensor, w: torch.Tensor, n: float,
+                      mean0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per channel the mean and the sum of squared deviations (float64) of ``x`` weighted by ``w`` (total ``n``).
+
+    Sums of the deviations from the training mean ``mean0`` (close to the batch's: little cancellation).
+    """
+    d = x.float() - mean0.float().view(1, -1, 1, 1)
+    dw = d * w
+    s1 = dw.sum((0, 2, 3)).double()
+    s2 = dw.mul_(d).sum((0, 2, 3)).double()
+    del d, dw
+    mean = mean0.double() + s1 / n
+    m2 = (s2 - s1.square() / n).clamp_min(0.0)
+    return mean, m2
+
+
+def select_windows(batches: Iterable[torch.Tensor]) -> list[torch.Tensor]:
+    """The windows of ``batches`` with at least :data:`MIN_VALID` valid pixels (any valid pixel if none has)."""
+    kept, spare = [], []
+    for rgba in batches:
+        share = (rgba[:, 3] == 255).flatten(1).float().mean(1)
+        kept += list(rgba[share >= MIN_VALID])
+        if not kept:
+            spare += list(rgba[share > 0])
+    return kept or spare
+
+
+def _model_input(rgba: torch.Tensor, input_norm: str, transform: Callable | None, multiple: int,
+                 channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x, mask)``: the model's input for a stack of RGBA windows, as prediction makes it, and its valid
+    mask (float ``[B, 1, H, W]``, the padding not the scene)."""
+    valid = rgba[:, 3] == 255
+    x = normalize(rgba if transform is None else transform(rgba), input_norm, valid)
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    mask = nn.functional.pad(valid[:, None].float(), (0, pw, 0, ph))
+    if ph or pw:
+        x = nn.functional.pad(x, (0, pw, 0, ph), mode="replicate")
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, mask
+
+
+def _run_windows(model: nn.Module, windows: list[torch.Tensor], hook: _AdaptHook, input_norm: str, *,
+                 transform: Callable | None, amp: bool, channels_last: bool, multiple: int, size: int = 8) -> None:
+    """Run ``windows`` through ``model`` in batches of ``size``, each batch's valid mask in ``hook.mask``."""
+    for s in range(0, len(windows), size):
+        x, hook.mask = _model_input(torch.stack(windows[s:s + size]), input_norm, transform, multiple, channels_last)
+        dtype = amp_dtype(x.device, amp)
+        with torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            model(x)
+
+
 @torch.no_grad()
 def adapt_batchnorm(
     model: nn.Module,
@@ -123,90 +243,20 @@ def adapt_batchnorm(
     layers = batchnorm_layers(model)
     if not layers:
         return 0
-    kept, spare = [], []
-    for rgba in batches:
-        share = (rgba[:, 3] == 255).flatten(1).float().mean(1)
-        kept += list(rgba[share >= MIN_VALID])
-        if not kept:
-            spare += list(rgba[share > 0])
-    windows = kept or spare
+    windows = select_windows(batches)
     if not windows:
         return 0
-    # per layer: valid weight, mean and sum of squared deviations (float64), merged batch by batch
-    acc: dict[nn.Module, list] = {m: [0.0, None, None] for m in layers}
-    trained = {m: (m.running_mean.clone(), m.running_var.clone()) for m in layers}
-    mask: list[torch.Tensor] = []  # the batch's valid mask, float [B, 1, H, W] of the padded input
-
-    cutoff = math.ceil(depth * len(layers) - 1e-9)
-    reached: dict[nn.Module, int] = {}  # layer -> its place in the forward pass
-
-    def measure(m, inputs):
-        # Before the layer runs: its input's moments over the valid positions, merged into ``acc``; then
-        # the layer's running statistics are set to the mixed ones, which its own eval-mode forward uses.
-        x = inputs[0]
-        mean0, var0 = trained[m]
-        m.running_mean.copy_(mean0)
-        m.running_var.copy_(var0)
-        if reached.setdefault(m, len(reached)) >= cutoff:
-            return None  # deeper than ``depth``: the training statistics
-        if x.shape[-2:].numel() == 1:
-            return None  # pooled features: the training statistics
-        w = nn.functional.adaptive_avg_pool2d(mask[0], x.shape[-2:])
-        n = float(w.sum())
-        if n <= 0:
-            return None
-        # sums of the deviations from the training mean (close to the batch's: little cancellation)
-        d = x.float() - mean0.float().view(1, -1, 1, 1)
-        dw = d * w
-        s1 = dw.sum((0, 2, 3)).double()
-        s2 = dw.mul_(d).sum((0, 2, 3)).double()
-        del d, dw
-        mean = mean0.double() + s1 / n
-        m2 = (s2 - s1.square() / n).clamp_min(0.0)
-        a = acc[m]
-        if a[1] is None:
-            a[:] = [n, mean, m2]
-        else:  # Chan et al.'s pairwise update
-            total = a[0] + n
-            delta = mean - a[1]
-            a[1] = a[1] + delta * (n / total)
-            a[2] = a[2] + m2 + delta.square() * (a[0] * n / total)
-            a[0] = total
-        m.running_mean.copy_((weight * mean + (1.0 - weight) * mean0.double()).to(mean0.dtype))
-        m.running_var.copy_((weight * (m2 / n) + (1.0 - weight) * var0.double()).to(var0.dtype))
-        return None
-
-    hooks = [m.register_forward_pre_hook(measure) for m in layers]
+    hook = _AdaptHook(layers, weight, depth)
+    handles = [m.register_forward_pre_hook(hook) for m in layers]
     was_training = model.training
     model.eval()
-    size = 8
     try:
-        for s in range(0, len(windows), size):
-            rgba = torch.stack(windows[s:s + size])
-            valid = rgba[:, 3] == 255
-            x = normalize(rgba if transform is None else transform(rgba), input_norm, valid)
-            h, w = x.shape[-2:]
-            ph, pw = (-h) % multiple, (-w) % multiple
-            mask[:] = [nn.functional.pad(valid[:, None].float(), (0, pw, 0, ph))]  # padding: not the scene
-            if ph or pw:
-                x = nn.functional.pad(x, (0, pw, 0, ph), mode="replicate")
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            dtype = amp_dtype(x.device, amp)
-            with torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                model(x)
+        _run_windows(model, windows, hook, input_norm, transform=transform, amp=amp, channels_last=channels_last,
+                     multiple=multiple)
     finally:
         model.train(was_training)
-        for hk in hooks:
-            hk.remove()
-        for m, (mean0, var0) in trained.items():
-            m.running_mean.copy_(mean0)
-            m.running_var.copy_(var0)
-    for m in layers:
-        n, mean, m2 = acc[m]
-        if mean is None:
-            continue
-        var = m2 / max(n - 1.0, 1.0) if n > 1 else m2 * 0  # unbiased, as BatchNorm's running variance
-        m.running_mean.copy_((weight * mean + (1.0 - weight) * m.running_mean.double()).to(m.running_mean.dtype))
-        m.running_var.copy_((weight * var + (1.0 - weight) * m.running_var.double()).to(m.running_var.dtype))
+        for handle in handles:
+            handle.remove()
+        hook.restore()
+    hook.commit()
     return len(windows)

@@ -27,6 +27,8 @@ Several processes (``torchrun``): ``rank``/``world_size`` share one image by row
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -186,125 +188,120 @@ def _all_gather(obj, world_size: int) -> list:
     return out
 
 
-def _predict(
-    model: Callable,
-    batches: Callable[[list, PreviewCanvas | None], Iterator[Batch]],
-    groups: list[list[int]],
-    height: int,
-    width: int,
-    tile: int,
-    map_path: str | os.PathLike,
-    *,
-    like: RasterInfo | None,
-    device: torch.device | str,
-    tta: str,
-    amp: bool,
-    channels_last: bool,
-    blend: str,
-    blend_options: dict | None,
-    save_probs: bool,
-    preview_path: str | os.PathLike | None,
-    preview_size: int,
-    progress: bool,
-    rank: int,
-    world_size: int,
-    num_classes: int | None,
-    total: int | None,
-    transform: Callable | None = None,
-    input_norm: str = "imagenet",
-    xs: Sequence[int] = (),
-    adapt_windows: int = 0,
-    adapt_weight: float = 1.0,
-    adapt_depth: float = 1.0,
-) -> dict:
+@dataclass
+class PredictOptions:
+    """How a model's maps are made: what predict.py's flags set, carried as one object down to the model loop.
+
+    The defaults are predict.py's. Per image, the functions below take ``like`` (georeferencing),
+    ``preview_path`` and ``transform`` (radiometry) besides.
+    """
+
+    device: torch.device | str = "cpu"
+    batch_size: int = 8  # windows per forward pass
+    workers: int = 0  # DataLoader processes decoding pre-cut window files
+    tile_size: int = 512  # windows cut from a source: side ...
+    stride: int | None = None  # ... and step (default: half a window)
+    tta: str = "none"  # one of TTA_MODES
+    amp: bool = False  # autocast (cropmap.core.device.amp_dtype)
+    channels_last: bool = True  # feed the model channels_last batches (convert the model too)
+    blend: str = "gaussian"  # one of cropmap.predict.stitch.BLEND_MODES
+    keep: int | None = None  # blend "centre": side of each window's kept square (default: half the window)
+    save_probs: bool = False  # also write uint8 probabilities, one file per class (layout.prob_paths)
+    preview_size: int = 2048  # longest side of the colour preview (written when a preview_path is given)
+    progress: bool = True
+    num_classes: int | None = None  # what the model predicts (default: found by one forward pass)
+    rank: int = 0  # this process's share of the image (see the module docstring)
+    world_size: int = 1
+    input_norm: str = "imagenet"  # the model's input normalisation (the checkpoint's args["input_norm"])
+    adapt_windows: int = 0  # test-time BatchNorm adaptation on about this many windows (0: off) ...
+    adapt_weight: float = 0.3  # ... the image's share of the statistics ...
+    adapt_depth: float = 0.25  # ... in this first share of the BatchNorm layers (cropmap.predict.adapt)
+
+
+def _options(opts: PredictOptions | None, overrides: dict) -> PredictOptions:
+    return replace(opts or PredictOptions(), **overrides)
+
+
+@contextmanager
+def _adapted(model: Callable, batches: Callable, groups: list[list[int]], xs: Sequence[int], opts: PredictOptions,
+             transform: Callable | None) -> Iterator[int]:
+    """Adapt ``model``'s BatchNorm statistics to about ``opts.adapt_windows`` windows spread over the whole
+    image (``xs``: its window columns; :mod:`cropmap.predict.adapt`) for the duration of the block, which
+    gets the number of windows used (0: not adapted); the training statistics are restored afterwards."""
+    if not (opts.adapt_windows > 0 and isinstance(model, torch.nn.Module) and batchnorm_layers(model)):
+        yield 0
+        return
+    sample, step = sample_groups([y for g in groups for y in g], len(xs), opts.adapt_windows)
+    chosen = set(list(xs)[step // 2 :: step])
+
+    def sampled():
+        for _, bxs, rgba in batches(sample, None):
+            idx = [i for i, x in enumerate(bxs) if x in chosen]
+            if idx:
+                yield rgba[idx]
+
+    bn_state = save_batchnorm(model)
+    try:
+        yield adapt_batchnorm(model, sampled(), opts.input_norm, transform=transform, amp=opts.amp,
+                              channels_last=opts.channels_last, weight=opts.adapt_weight, depth=opts.adapt_depth)
+    finally:
+        restore_batchnorm(bn_state)
+
+
+def _predict(model: Callable, batches: Callable[[list, PreviewCanvas | None], Iterator[Batch]],
+             groups: list[list[int]], grid: tuple[int, int, int], map_path: str | os.PathLike, opts: PredictOptions, *,
+             like: RasterInfo | None, preview_path: str | os.PathLike | None, transform: Callable | None,
+             total: int | None, xs: Sequence[int]) -> dict:
     """Run ``model`` over this process's share of ``groups`` and write the map (see the module docstring).
 
-    ``adapt_windows``: first adapt the model's BatchNorm statistics to about this many windows spread over
-    the whole image (``xs``: its window columns; :mod:`cropmap.predict.adapt`), the image's statistics weighted
-    ``adapt_weight`` against the training ones, in the first ``adapt_depth`` share of the BatchNorm layers;
-    they are restored afterwards."""
-    device = torch.device(device)
+    ``grid``: ``(height, width, tile)`` of the image and its windows; ``batches(groups, preview)`` yields
+    the windows of those groups; ``total``: windows, for the progress bar."""
     keep_freed_memory()
-    if num_classes is None:
-        num_classes = num_classes_of(model, device, amp)
-    bn_state, adapted = None, 0
-    if adapt_windows > 0 and isinstance(model, torch.nn.Module) and batchnorm_layers(model):
-        sample, step = sample_groups([y for g in groups for y in g], len(xs), adapt_windows)
-        chosen = set(list(xs)[step // 2 :: step])
-
-        def sampled():
-            for _, bxs, rgba in batches(sample, None):
-                idx = [i for i, x in enumerate(bxs) if x in chosen]
-                if idx:
-                    yield rgba[idx]
-
-        bn_state = save_batchnorm(model)
-        try:
-            adapted = adapt_batchnorm(model, sampled(), input_norm, transform=transform, amp=amp,
-                                      channels_last=channels_last, weight=adapt_weight,
-                                      depth=adapt_depth)
-        except BaseException:
-            restore_batchnorm(bn_state)
-            raise
-    try:
-        result = _predict_adapted(model, batches, groups, height, width, tile, map_path, like=like, device=device,
-                                  tta=tta, amp=amp, channels_last=channels_last, blend=blend,
-                                  blend_options=blend_options, save_probs=save_probs, preview_path=preview_path,
-                                  preview_size=preview_size, progress=progress, rank=rank, world_size=world_size,
-                                  num_classes=num_classes, total=total, transform=transform, input_norm=input_norm)
-    finally:
-        if bn_state is not None:
-            restore_batchnorm(bn_state)
+    opts = replace(opts, device=torch.device(opts.device))
+    if opts.num_classes is None:
+        opts = replace(opts, num_classes=num_classes_of(model, opts.device, opts.amp))
+    with _adapted(model, batches, groups, xs, opts, transform) as adapted:
+        result = _predict_rows(model, batches, groups, grid, map_path, opts, like=like, preview_path=preview_path,
+                               transform=transform, total=total)
     result["adapted"] = adapted
     return result
 
 
-def _predict_adapted(
-    model: Callable,
-    batches: Callable[[list, PreviewCanvas | None], Iterator[Batch]],
-    groups: list[list[int]],
-    height: int,
-    width: int,
-    tile: int,
-    map_path: str | os.PathLike,
-    *,
-    like: RasterInfo | None,
-    device: torch.device,
-    tta: str,
-    amp: bool,
-    channels_last: bool,
-    blend: str,
-    blend_options: dict | None,
-    save_probs: bool,
-    preview_path: str | os.PathLike | None,
-    preview_size: int,
-    progress: bool,
-    rank: int,
-    world_size: int,
-    num_classes: int,
-    total: int | None,
-    transform: Callable | None,
-    input_norm: str,
-) -> dict:
+def _run_windows(model: Callable, batches: Iterator[Batch], stitcher: BandStitcher, opts: PredictOptions,
+                 transform: Callable | None, bar) -> int:
+    """Normalise, predict and blend every batch into ``stitcher``; returns the number of windows."""
+    windows = 0
+    for ys, xs, rgba in batches:
+        valid = valid_mask(rgba[:, 3])
+        x = normalize(rgba if transform is None else transform(rgba), opts.input_norm, valid)
+        probs = forward_probs(model, x, tta=opts.tta, amp=opts.amp, channels_last=opts.channels_last)
+        if probs.shape[1] != opts.num_classes:
+            raise InputError(f"the model predicts {probs.shape[1]} classes, expected {opts.num_classes}")
+        stitcher.add_batch(ys, xs, probs, valid)
+        windows += len(ys)
+        bar.update(len(ys))
+    stitcher.finish()
+    return windows
+
+
+def _predict_rows(model: Callable, batches: Callable, groups: list[list[int]], grid: tuple[int, int, int],
+                  map_path: str | os.PathLike, opts: PredictOptions, *, like: RasterInfo | None,
+                  preview_path: str | os.PathLike | None, transform: Callable | None, total: int | None) -> dict:
+    """The model loop of :func:`_predict` over this process's rows, then the merge of the processes' rows."""
+    height, width, tile = grid
+    rank, world_size = opts.rank, opts.world_size
     mine, rows = share_groups(groups, tile, height, rank, world_size)
-    preview = PreviewCanvas(height, width, preview_size) if preview_path else None
-    outputs = MapOutputs(map_path, width, height, num_classes, save_probs, like, preview,
+    preview = PreviewCanvas(height, width, opts.preview_size) if preview_path else None
+    outputs = MapOutputs(map_path, width, height, opts.num_classes, opts.save_probs, like, preview,
                          spool_rank=rank if rank > 0 else None)
-    stitcher = BandStitcher(height, width, num_classes, tile, outputs, blend=blend, keep_probs=save_probs,
-                            device=device, rows=rows, blend_options=blend_options)
+    stitcher = BandStitcher(height, width, opts.num_classes, tile, outputs, blend=opts.blend,
+                            keep_probs=opts.save_probs, device=opts.device, rows=rows,
+                            blend_options={"keep": opts.keep})
     status, windows = "", 0
-    bar = progress_bar(total=total, desc=Path(map_path).name, unit="win", disable=not progress or rank > 0, leave=False)
+    bar = progress_bar(total=total, desc=Path(map_path).name, unit="win", disable=not opts.progress or rank > 0,
+                       leave=False)
     try:
-        for ys, xs, rgba in batches(mine, preview):
-            valid = valid_mask(rgba[:, 3])
-            x = normalize(rgba if transform is None else transform(rgba), input_norm, valid)
-            probs = forward_probs(model, x, tta=tta, amp=amp, channels_last=channels_last)
-            if probs.shape[1] != num_classes:
-                raise InputError(f"the model predicts {probs.shape[1]} classes, expected {num_classes}")
-            stitcher.add_batch(ys, xs, probs, valid)
-            windows += len(ys)
-            bar.update(len(ys))
-        stitcher.finish()
+        windows = _run_windows(model, batches(mine, preview), stitcher, opts, transform, bar)
         if rank > 0:
             outputs.close()  # the spools, for the first process
         else:
@@ -319,27 +316,8 @@ def _predict_adapted(
         raise
     finally:
         bar.close()
-    shares = [share_groups(groups, tile, height, r, world_size)[1] for r in range(world_size)]
     if world_size > 1:
-        rgb = None if preview is None else preview.rgb[preview.rows(*rows)]
-        gathered = _all_gather((status, windows, rgb), world_size)
-        failed = [s for s, _, _ in gathered if s]
-        if failed:
-            outputs.abort()
-            raise InputError(failed[0])
-        windows = sum(n for _, n, _ in gathered)
-        if rank == 0:
-            try:
-                if preview is not None:
-                    for (start, stop), (_, _, part) in zip(shares[1:], gathered[1:]):
-                        preview.rgb[preview.rows(start, stop)] = part
-                outputs.append_spools([(r, shares[r][0]) for r in range(1, world_size)])
-            except BaseException:
-                outputs.abort()
-                for r in range(1, world_size):
-                    for p in outputs.paths:
-                        spool_path(p, r).unlink(missing_ok=True)
-                raise
+        windows = _merge_shares(groups, grid, opts, outputs, preview, rows, status, windows)
     if rank == 0:
         outputs.close()
         if preview is not None:
@@ -349,74 +327,68 @@ def _predict_adapted(
     return {
         "map": Path(map_path),
         "windows": windows,
-        "num_classes": num_classes,
-        "probs": prob_paths(map_path, num_classes) if save_probs else [],
+        "num_classes": opts.num_classes,
+        "probs": prob_paths(map_path, opts.num_classes) if opts.save_probs else [],
         "preview": Path(preview_path) if preview_path else None,
         "rows": rows,
     }
 
 
-def predict_image(
-    model: Callable,
-    rows: Sequence[dict],
-    tile_dir: str | os.PathLike,
-    map_path: str | os.PathLike,
-    device: torch.device | str = "cpu",
-    batch_size: int = 8,
-    workers: int = 0,
-    tta: str = "none",
-    amp: bool = False,
-    blend: str = "gaussian",
-    save_probs: bool = False,
-    preview_path: str | os.PathLike | None = None,
-    preview_size: int = 2048,
-    progress: bool = True,
-    *,
-    like: RasterInfo | None = None,
-    channels_last: bool = True,
-    blend_options: dict | None = None,
-    num_classes: int | None = None,
-    rank: int = 0,
-    world_size: int = 1,
-    transform: Callable | None = None,
-    input_norm: str = "imagenet",
-    adapt_windows: int = 0,
-    adapt_weight: float = 1.0,
-    adapt_depth: float = 1.0,
-) -> dict:
+def _merge_shares(groups: list[list[int]], grid: tuple[int, int, int], opts: PredictOptions, outputs: MapOutputs,
+                  preview: PreviewCanvas | None, rows: tuple[int, int], status: str, windows: int) -> int:
+    """Several processes: gather every process's status, window count and preview rows; the first process
+    appends the others' spooled rows to the files. Returns the windows of all processes."""
+    height, _, tile = grid
+    world_size = opts.world_size
+    shares = [share_groups(groups, tile, height, r, world_size)[1] for r in range(world_size)]
+    rgb = None if preview is None else preview.rgb[preview.rows(*rows)]
+    gathered = _all_gather((status, windows, rgb), world_size)
+    failed = [s for s, _, _ in gathered if s]
+    if failed:
+        outputs.abort()
+        raise InputError(failed[0])
+    if opts.rank == 0:
+        try:
+            if preview is not None:
+                for (start, stop), (_, _, part) in zip(shares[1:], gathered[1:]):
+                    preview.rgb[preview.rows(start, stop)] = part
+            outputs.append_spools([(r, shares[r][0]) for r in range(1, world_size)])
+        except BaseException:
+            outputs.abort()
+            for r in range(1, world_size):
+                for p in outputs.paths:
+                    spool_path(p, r).unlink(missing_ok=True)
+            raise
+    return sum(n for _, n, _ in gathered)
+
+
+def predict_image(model: Callable, rows: Sequence[dict], tile_dir: str | os.PathLike, map_path: str | os.PathLike,
+                  opts: PredictOptions | None = None, *, like: RasterInfo | None = None,
+                  preview_path: str | os.PathLike | None = None, transform: Callable | None = None,
+                  **overrides) -> dict:
     """Predict one image from its pre-cut windows and stream the stitched map to ``map_path``.
 
     Args:
-        model: callable (see the module docstring), already on ``device`` and in eval mode.
+        model: callable (see the module docstring), already on ``opts.device`` and in eval mode.
         rows: the image's ``tiles.csv`` rows (``name, y, x, size, height, width``); any order.
         tile_dir: folder holding the windows (``data/test/image3``).
         map_path: output map, ``uint8 [H, W]`` single-channel, 0 where no window marks a pixel valid;
             its format follows its suffix (:func:`cropmap.raster.open_writer`, georeferenced ``like``).
-        workers: DataLoader processes decoding the window files.
-        blend: a mode of :data:`cropmap.predict.stitch.BLEND_MODES` (``blend_options`` go to its weights, e.g.
-            ``keep`` of ``"centre"``).
-        save_probs: also write ``uint8`` probabilities (``round(255 p)``), one single-channel file per
-            class beside the map (:func:`prob_paths`).
-        preview_path: write a downscaled colour preview (longest side ``preview_size``) there.
-        channels_last: feed the model channels_last batches (the model should be converted too).
-        num_classes: what the model predicts (default: found by one forward pass).
-        rank, world_size: this process's share of the image (see the module docstring).
+        opts: :class:`PredictOptions`; ``overrides`` replace some of its fields (``tta="d4"``, ...).
+        preview_path: write a downscaled colour preview (longest side ``opts.preview_size``) there.
         transform: optional ``uint8 [B, 4, T, T] -> uint8 [B, 4, T, T]`` applied to each batch of windows on
             the device before the model (e.g. :func:`cropmap.data.radiometry.apply_affine`); the preview shows the
             windows as read.
-        input_norm: the input normalisation the model was trained with (:func:`cropmap.data.normalize.normalize`;
-            the checkpoint's ``args["input_norm"]``, ``imagenet`` when it has none); ``window`` standardises
-            each window over its valid pixels (alpha 255).
-        adapt_windows: first re-estimate the model's BatchNorm statistics on about this many of the image's
-            windows, spread over all of it (:mod:`cropmap.predict.adapt`; 0: no adaptation), weighted ``adapt_weight``
-            against the training statistics, in the first ``adapt_depth`` share of the BatchNorm layers (in
-            forward order); restored afterwards.
+
+    With ``opts.adapt_windows`` the model's BatchNorm statistics are first re-estimated on about that many of
+    the image's windows, spread over all of it (:mod:`cropmap.predict.adapt`), and restored afterwards.
 
     Returns:
         ``{"map": path, "windows": n, "num_classes": C, "probs": [paths], "preview": path or None,
         "rows": (start, stop) map rows this process computed, "adapted": windows the statistics came from}``.
     Every file is written under a temporary name and renamed when complete.
     """
+    opts = _options(opts, overrides)
     height, width, tile = image_geometry(rows, Path(map_path).stem)
     rows = sorted(rows, key=lambda r: (int(r["y"]), int(r["x"])))
     missing = [r["name"] for r in rows if not os.path.isfile(os.path.join(tile_dir, r["name"]))]
@@ -428,68 +400,38 @@ def predict_image(
     dataset = WindowDataset(tile_dir, rows)
     ys = sorted({int(r["y"]) for r in rows})
     columns = len({int(r["x"]) for r in rows})
-    groups = group_rows(ys, columns, batch_size)
+    groups = group_rows(ys, columns, opts.batch_size)
 
     def batches(mine, preview):
-        return window_file_batches(dataset, mine, batch_size, device, workers, preview)
+        return window_file_batches(dataset, mine, opts.batch_size, opts.device, opts.workers, preview)
 
-    return _predict(model, batches, groups, height, width, tile, map_path, like=like, device=device, tta=tta,
-                    amp=amp, channels_last=channels_last, blend=blend, blend_options=blend_options,
-                    save_probs=save_probs, preview_path=preview_path, preview_size=preview_size, progress=progress,
-                    rank=rank, world_size=world_size, num_classes=num_classes,
-                    total=len(rows) if world_size == 1 else None, transform=transform,
-                    input_norm=input_norm, xs=sorted({int(r["x"]) for r in rows}), adapt_windows=adapt_windows,
-                    adapt_weight=adapt_weight, adapt_depth=adapt_depth)
+    return _predict(model, batches, groups, (height, width, tile), map_path, opts, like=like,
+                    preview_path=preview_path, transform=transform,
+                    total=len(rows) if opts.world_size == 1 else None, xs=sorted({int(r["x"]) for r in rows}))
 
 
-def predict_from_source(
-    model: Callable,
-    source: str | os.PathLike,
-    map_path: str | os.PathLike,
-    tile_size: int = 512,
-    stride: int | None = None,
-    device: torch.device | str = "cpu",
-    batch_size: int = 8,
-    tta: str = "none",
-    amp: bool = False,
-    blend: str = "gaussian",
-    save_probs: bool = False,
-    preview_path: str | os.PathLike | None = None,
-    preview_size: int = 2048,
-    progress: bool = True,
-    *,
-    channels_last: bool = True,
-    blend_options: dict | None = None,
-    num_classes: int | None = None,
-    rank: int = 0,
-    world_size: int = 1,
-    transform: Callable | None = None,
-    input_norm: str = "imagenet",
-    adapt_windows: int = 0,
-    adapt_weight: float = 1.0,
-    adapt_depth: float = 1.0,
-) -> dict:
+def predict_from_source(model: Callable, source: str | os.PathLike, map_path: str | os.PathLike,
+                        opts: PredictOptions | None = None, *, preview_path: str | os.PathLike | None = None,
+                        transform: Callable | None = None, **overrides) -> dict:
     """Predict one image straight from its source and stream the stitched map to ``map_path``.
 
-    The windows are the contract's grid (:func:`cropmap.data.tiling.grid_positions`: ``tile_size`` windows
-    every ``stride`` pixels, default half a window, the last row and column moved inward), the same as
-    ``generate_test_data.py`` cuts; windows with no valid pixel are skipped. Each source pixel is decoded
-    once (:func:`cropmap.predict.windows.source_batches`). The map is written ``like`` the source (its format and
-    georeferencing, where the map's format keeps them). Other arguments and the result as
+    The windows are the contract's grid (:func:`cropmap.data.tiling.grid_positions`: ``opts.tile_size``
+    windows every ``opts.stride`` pixels, default half a window, the last row and column moved inward), the
+    same as ``generate_test_data.py`` cuts; windows with no valid pixel are skipped. Each source pixel is
+    decoded once (:func:`cropmap.predict.windows.source_batches`). The map is written like the source (its
+    format and georeferencing, where the map's format keeps them). Other arguments and the result as
     :func:`predict_image`.
     """
+    opts = _options(opts, overrides)
     info = check_image(source)
-    stride = stride or max(1, tile_size // 2)
+    tile_size = opts.tile_size
+    stride = opts.stride or max(1, tile_size // 2)
     ys = grid_positions(info.height, tile_size, stride)
     xs = grid_positions(info.width, tile_size, stride)
-    groups = group_rows(ys, len(xs), batch_size)
+    groups = group_rows(ys, len(xs), opts.batch_size)
 
     def batches(mine, preview):
-        return source_batches(source, info, tile_size, xs, mine, batch_size, device, preview)
+        return source_batches(source, info, tile_size, xs, mine, opts.batch_size, opts.device, preview)
 
-    return _predict(model, batches, groups, info.height, info.width, tile_size, map_path, like=info, device=device,
-                    tta=tta, amp=amp, channels_last=channels_last, blend=blend, blend_options=blend_options,
-                    save_probs=save_probs, preview_path=preview_path, preview_size=preview_size, progress=progress,
-                    rank=rank, world_size=world_size, num_classes=num_classes, total=None, transform=transform,
-                    input_norm=input_norm, xs=xs, adapt_windows=adapt_windows,
-                    adapt_weight=adapt_weight, adapt_depth=adapt_depth)
+    return _predict(model, batches, groups, (info.height, info.width, tile_size), map_path, opts, like=info,
+                    preview_path=preview_path, transform=transform, total=None, xs=xs)

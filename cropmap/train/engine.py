@@ -41,7 +41,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from cropmap.train import checkpoint as ckpt
-from cropmap.core.cli import (ArgumentParser, add_hardware_args, nonneg_float, nonneg_int, num_classes_int,
+from cropmap.core.cli import (ArgumentParser, add_hardware_args, experimental_group, nonneg_float, nonneg_int, num_classes_int,
                               plain_flags, positive_float, positive_int, positive_int_list, progress as progress_bar,
                               ranged, seed_int, typed_flags, unit_float)
 from cropmap.core.errors import InputError, short
@@ -695,9 +695,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )
     g = p.add_argument_group("run")
     g.add_argument("--train", action="store_true", help="train (without it: evaluate a checkpoint on the validation split)")
-    g.add_argument("--exp", default="bn_lr7e-3", help="experiment name, part of checkpoint and log names (default: bn_lr7e-3)")
-    g.add_argument("--data_root", default="data", help="data root holding train/tiles.csv and model/ (default: data)")
-    g.add_argument("--epochs", type=positive_int, default=20, help="number of epochs (default: 20)")
+    g.add_argument("--exp", default="bn_lr7e-3", help="experiment name, part of checkpoint and log names (default: %(default)s)")
+    g.add_argument("--data_root", default="data", help="data root holding train/tiles.csv and model/ (default: %(default)s)")
+    g.add_argument("--epochs", type=positive_int, default=20, help="number of epochs (default: %(default)s)")
     g.add_argument("--iters_per_epoch", type=positive_int, default=None,
                    help="cap on iterations per epoch, for quick runs (default: one pass over the training tiles)")
     g.add_argument("--resume", default=None,
@@ -707,66 +707,51 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                    + " may differ from the checkpoint's (--epochs to extend the run)"),
     g.add_argument("--checkpoint", default=None,
                    help="checkpoint to evaluate without --train (default: --resume if given, else the run's _best.pth)")
-    g.add_argument("--seed", type=seed_int, default=0, help="random seed of initialisation, tile order and augmentation (default: 0)")
-    g.add_argument("--val_every", type=nonneg_int, default=1, help="validate every N epochs and at the last one (default: 1)")
+    g.add_argument("--seed", type=seed_int, default=0, help="random seed of initialisation, tile order and augmentation (default: %(default)s)")
+    g.add_argument("--val_every", type=nonneg_int, default=1, help="validate every N epochs and at the last one (default: %(default)s)")
     g.add_argument("--save_every", type=nonneg_int, default=5,
-                   help="keep an _epoch{N}.pth every N epochs and at the last one; _last.pth is written every epoch (default: 5)")
+                   help="keep an _epoch{N}.pth every N epochs and at the last one; _last.pth is written every epoch (default: %(default)s)")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
 
     g = p.add_argument_group("model and loss")
-    g.add_argument("--model", default="deeplabv3", help="deeplabv3 or unet (default: deeplabv3)")
+    g.add_argument("--model", default="deeplabv3", help="deeplabv3 or unet (default: %(default)s)")
     g.add_argument("--backbone", default="resnet50",
-                   help="deeplabv3: resnet18/34/50/101; unet: resnet34/50 (default: resnet50)")
-    g.add_argument("--num_classes", type=num_classes_int, default=4, help="number of classes, labels 0..N-1 (default: 4)")
-    g.add_argument("--output_stride", type=int, choices=(8, 16), default=16, help="deeplabv3 output stride, 8 or 16 (default: 16)")
+                   help="deeplabv3: resnet18/34/50/101; unet: resnet34/50 (default: %(default)s)")
+    g.add_argument("--num_classes", type=num_classes_int, default=4, help="number of classes, labels 0..N-1 (default: %(default)s)")
+    g.add_argument("--output_stride", type=int, choices=(8, 16), default=16, help="deeplabv3 output stride, 8 or 16 (default: %(default)s)")
     g.add_argument("--pretrained", default=None,
                    help="encoder weights: 'imagenet' (needs internet) or a local torchvision ResNet .pth (default: none)")
     g.add_argument("--input_norm", default="window", choices=INPUT_NORMS,
                    help="input normalisation, recorded in the checkpoint and repeated by predict.py: window, each "
-                        "crop or window standardised per channel over its valid pixels (undoes most of what a new "
-                        "acquisition changes: illumination, band gains, haze); imagenet, the original's fixed "
-                        "ImageNet mean and std (default: window; see the README's figures)")
-    g.add_argument("--loss", default="ce", help="ce, focal, lovasz or focal+lovasz (default: ce)")
+                        "crop or window standardised per channel over its valid pixels (undoes what a new "
+                        "acquisition changes smoothly: illumination, band gains, haze); imagenet, the original's "
+                        "fixed ImageNet mean and std (default: %(default)s)")
+    g.add_argument("--loss", default="ce", help="ce, focal, lovasz or focal+lovasz (default: %(default)s)")
     g.add_argument("--aux_weight", type=nonneg_float, default=0.2,
-                   help="weight of the auxiliary head's loss; 0 builds no auxiliary head (default: 0.2)")
-    g.add_argument("--label_smoothing", default="none", choices=("none", "edge"),
-                   help="edge: edge-aware label smoothing of the CE/focal term (11x11 window, factor = the window's "
-                        "share of other classes, capped at 0.2); none: hard labels (default: none)")
+                   help="weight of the auxiliary head's loss; 0 builds no auxiliary head (default: %(default)s)")
 
     g = p.add_argument_group("optimisation")
-    g.add_argument("--base_lr", type=positive_float, default=0.007, help="learning rate of the backbone (default: 0.007)")
+    g.add_argument("--base_lr", type=positive_float, default=0.007, help="learning rate of the backbone (default: %(default)s)")
     g.add_argument("--optimizer", default="sgd", choices=("sgd", "adamw"),
                    help="sgd (momentum, the original's) or adamw (Adam with decoupled weight decay; use a "
-                        "--base_lr about 1e-3) (default: sgd)")
-    g.add_argument("--last_mult", type=nonneg_float, default=1.0, help="learning-rate multiplier of the head (default: 1.0)")
+                        "--base_lr about 1e-3) (default: %(default)s)")
+    g.add_argument("--last_mult", type=nonneg_float, default=1.0, help="learning-rate multiplier of the head (default: %(default)s)")
     g.add_argument("--momentum", type=unit_float, default=0.9,
-                   help="SGD momentum, 0 to below 1 (default: 0.9)")
-    g.add_argument("--weight_decay", type=nonneg_float, default=1e-4, help="SGD weight decay (default: 1e-4)")
+                   help="SGD momentum, 0 to below 1 (default: %(default)s)")
+    g.add_argument("--weight_decay", type=nonneg_float, default=1e-4, help="SGD weight decay (default: %(default)s)")
     g.add_argument("--poly_power", type=nonneg_float, default=0.9,
-                   help="poly decay lr = base_lr * (1 - iter / total_iters) ** power, per iteration (default: 0.9)")
-    g.add_argument("--warmup_iters", type=nonneg_int, default=0,
-                   help="linear learning-rate warm-up over the first N iterations, from base_lr / N, times the "
-                        "poly decay (default: 0, off)")
+                   help="poly decay lr = base_lr * (1 - iter / total_iters) ** power, per iteration (default: %(default)s)")
 
     g = p.add_argument_group("data")
     g.add_argument("--batch_size", type=positive_int, default=8,
-                   help="images per iteration and process, at least 2 in training (default: 8)")
-    g.add_argument("--crop_size", type=positive_int, default=512, help="training crop side, a multiple of 32 (default: 512)")
+                   help="images per iteration and process, at least 2 in training (default: %(default)s)")
+    g.add_argument("--crop_size", type=positive_int, default=512, help="training crop side, a multiple of 32 (default: %(default)s)")
     g.add_argument("--scales", type=positive_int_list, default=None,
                    help="crop sides that successive batches cycle through, e.g. 512,448 (default: --crop_size only)")
     g.add_argument("--batch_sizes", type=positive_int_list, default=None,
                    help="batch size per --scales entry (default: --batch_size scaled to equal pixels per batch)")
-    g.add_argument("--scale_min", type=positive_float, default=0.5, help="smallest random rescale of a tile (default: 0.5)")
-    g.add_argument("--scale_max", type=positive_float, default=2.0, help="largest random rescale of a tile (default: 2.0)")
-    g.add_argument("--oversample", type=nonneg_float, default=0.0,
-                   help="rare-class oversampling power p: a class of pixel share f weighs f**-p (0: off, 1: balanced; default: 0)")
-    g.add_argument("--color_jitter", type=ranged(float, 0, 0.5), default=0.0,
-                   help="colour jitter amplitude of brightness/contrast/saturation/hue in training, 0 to 0.5, e.g. 0.08 "
-                        "(labels and no-data untouched; default: 0, off)")
-    g.add_argument("--acquisition_jitter", type=ranged(float, 0, 0.3), default=0.0,
-                   help="strength s of rendering each crop as another acquisition, 0 to 0.3, e.g. 0.15: blur sigma up "
-                        "to 6s px, illumination 1+-s, band gains 1+-s/2, gamma exp(+-s), haze up to s, noise up to 20s "
-                        "(labels and no-data untouched; default: 0, off)")
+    g.add_argument("--scale_min", type=positive_float, default=0.5, help="smallest random rescale of a tile (default: %(default)s)")
+    g.add_argument("--scale_max", type=positive_float, default=2.0, help="largest random rescale of a tile (default: %(default)s)")
     g.add_argument("--workers", type=nonneg_int, default=min(4, os.cpu_count() or 1),
                    help="data loading processes (default: min(4, CPU count))")
 
@@ -776,10 +761,27 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--swa_start", type=positive_int, default=None,
                    help="first epoch (1-based) whose weights are averaged (default: 3/4 of --epochs, rounded up)")
     g.add_argument("--swa_lr", type=positive_float, default=None, help="learning rate of the SWA phase (default: --base_lr / 10)")
-    g.add_argument("--swa_anneal_epochs", type=nonneg_int, default=2, help="epochs of cosine annealing to --swa_lr (default: 2)")
+    g.add_argument("--swa_anneal_epochs", type=nonneg_int, default=2, help="epochs of cosine annealing to --swa_lr (default: %(default)s)")
+
+    g = experimental_group(p)
+    g.add_argument("--label_smoothing", default="none", choices=("none", "edge"),
+                   help="edge: edge-aware label smoothing of the CE/focal term (11x11 window, factor = the window's "
+                        "share of other classes, capped at 0.2); none: hard labels (default: %(default)s)")
+    g.add_argument("--warmup_iters", type=nonneg_int, default=0,
+                   help="linear learning-rate warm-up over the first N iterations, from base_lr / N, times the "
+                        "poly decay (0: off; default: %(default)s)")
+    g.add_argument("--oversample", type=nonneg_float, default=0.0,
+                   help="rare-class oversampling power p: a class of pixel share f weighs f**-p (0: off, 1: balanced; default: %(default)s)")
+    g.add_argument("--color_jitter", type=ranged(float, 0, 0.5), default=0.0,
+                   help="colour jitter amplitude of brightness/contrast/saturation/hue in training, 0 to 0.5, e.g. 0.08 "
+                        "(labels and no-data untouched; 0: off; default: %(default)s)")
+    g.add_argument("--acquisition_jitter", type=ranged(float, 0, 0.3), default=0.0,
+                   help="strength s of rendering each crop as another acquisition, 0 to 0.3, e.g. 0.15: blur sigma up "
+                        "to 6s px, illumination 1+-s, band gains 1+-s/2, gamma exp(+-s), haze up to s, noise up to 20s "
+                        "(labels and no-data untouched; 0: off; default: %(default)s)")
     g.add_argument("--ema", type=unit_float, default=0.0, metavar="DECAY",
                    help="validate and save an exponential moving average of the weights and BatchNorm statistics, "
-                        "updated after every step with this decay (e.g. 0.95: about the last 20 steps; 0: off, the default)")
+                        "updated after every step with this decay (e.g. 0.95: about the last 20 steps; 0: off; default: %(default)s)")
 
     g = p.add_argument_group("hardware")
     add_hardware_args(g, "CPU threads of each training process (default: PyTorch's choice; 1 is faster on a busy "
