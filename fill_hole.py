@@ -26,7 +26,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from cropmap.core.cli import add_map_args, fraction, nonneg_float, nonneg_int, percent, positive_int, run_cli
+from cropmap.core.cli import add_map_args, experimental_group, fraction, nonneg_float, nonneg_int, percent, positive_int, run_cli
 
 from cropmap.core.errors import InputError
 from cropmap.core.files import check_output_file
@@ -66,7 +66,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         "rest are edges, which keep their class (default: %(default)s)")
     p.add_argument("--edge_sigma", type=nonneg_float, default=1.0,
                    help="segments: Gaussian smoothing in px of the source before its gradient (default: %(default)s)")
-    p.add_argument("--min_share", type=fraction, default=0.5,
+    experimental_group(p).add_argument("--min_share", type=fraction, default=0.5,
                    help="segments: a segment is voted only when its majority class holds at least this share of "
                         "its pixels (default: %(default)s)")
     p.add_argument("--sizes", type=positive_int, nargs="+", default=[500, 400],

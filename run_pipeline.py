@@ -84,6 +84,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     d = PIPELINE_DEFAULTS
     p = argparse.ArgumentParser(description="Run every step of the pipeline and print a table of scores.",
                                 add_help=add_help)
+    x = experimental_group(p)
     g = p.add_argument_group("data")
     g.add_argument("--data_root", default="data", help="data root of the contract's layout (default: %(default)s)")
     g.add_argument("--synthetic", action="store_true",
@@ -105,7 +106,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                    help="the models of the ensemble, most trusted first (default: " + " ".join(DEFAULT_MODELS) + ")")
     borrow_flags(g, train, ["epochs", "val_every", "iters_per_epoch", "batch_size", "crop_size", "optimizer",
                             "base_lr", "input_norm", "scale_min", "scale_max", "backbone", "exp", "threads",
-                            "device", "ema"], **{k: d[k] for k in ("epochs", "val_every", "crop_size", "optimizer",
+                            "device", "ema"], x, **{k: d[k] for k in ("epochs", "val_every", "crop_size", "optimizer",
                                                                    "base_lr", "scale_min", "scale_max", "backbone",
                                                                    "exp")})
     g.add_argument("--unet_epochs", type=positive_int, default=5, help="epochs of the U-Net (default: %(default)s)")
@@ -117,15 +118,16 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         "(default: none)")
     g.add_argument("--skip_training", action="store_true", help="reuse the checkpoints of an earlier run")
     g = p.add_argument_group("maps (every model's, validation and test alike)")
-    borrow_flags(g, predict.get_args_parser(), PREDICT_FLAGS, tta=d["tta"], adapt_bn=d["adapt_bn"])
-    borrow_flags(g, vote.get_args_parser(), ["weight_power"])
+    borrow_flags(g, predict.get_args_parser(), PREDICT_FLAGS, x, tta=d["tta"], adapt_bn=d["adapt_bn"])
+    borrow_flags(g, vote.get_args_parser(), ["weight_power"], x)
     borrow_flags(g, fill_hole.get_args_parser(), ["max_hole", "min_area", "radius", "edge_percentile"],
                  max_hole=d["max_hole"], min_area=d["min_area"])
-    experimental_group(p).add_argument(
+    x.add_argument(
         "--tta_check", default="none", choices=["none", "flip", "d4"],
         help="also predict the first model with this TTA, a candidate stage of its own, to show what another TTA "
              "would add (none, or the same as --tta: no such stage; default: %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress bars in the steps")
+    p._action_groups.append(p._action_groups.pop(p._action_groups.index(x)))  # listed last in --help
     for action in p._actions:  # what the pipeline derives when a flag is left at None
         if action.dest == "base_lr":
             action.help = action.help.replace("%(default)s", "0.001 with adamw, 0.03 with sgd")

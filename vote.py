@@ -27,7 +27,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from cropmap.core.cli import add_map_args, int_list, nonneg_float, run_cli, warn
+from cropmap.core.cli import add_map_args, experimental_group, int_list, nonneg_float, run_cli, warn
 
 from cropmap.core.errors import InputError
 from cropmap.maps.ensemble import auto_weights, is_vote, parse_weights, write_sidecar
@@ -50,7 +50,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                    help="equal: one vote per input; auto: per class, the validation IoU of each input's checkpoint "
                         "(from the sidecar X.json beside each map), normalised over the inputs; or one number per "
                         "input, e.g. 0.5,0.3,0.2 (default: %(default)s)")
-    p.add_argument("--weight_power", type=nonneg_float, default=1.0,
+    experimental_group(p).add_argument("--weight_power", type=nonneg_float, default=1.0,
                    help="with --weights auto: weights are IoU ** POWER before normalising; larger trusts the best "
                         "model of each class more (default: %(default)s)")
     p.add_argument("--name", default=None,

@@ -219,19 +219,20 @@ def experimental_group(p: argparse.ArgumentParser):
     return p.add_argument_group(*EXPERIMENTAL)
 
 
-def borrow_flags(dst, parser: argparse.ArgumentParser, flags: dict[str, str] | list[str], **defaults) -> list[str]:
+def borrow_flags(dst, parser: argparse.ArgumentParser, flags: dict[str, str] | list[str], experimental=None,
+                 **defaults) -> list[str]:
     """Add to ``dst`` (a parser or argument group) flags declared in another script's ``parser``, as declared
     there (type, choices, metavar, help), so that each flag is declared once.
 
     ``flags``: the ``dest`` names to take, or ``{dest in parser: dest here}`` to take a flag under another
     name (``--format`` as ``--synthetic_format``). ``defaults``: new defaults by (new) ``dest``; help strings
     written with ``%(default)s`` show them. A flag that the source parser files under "experimental" lands in
-    ``dst``'s parser's experimental group. Returns the new ``dest`` names.
+    the group ``experimental`` (:func:`experimental_group` of the new parser) when given. Returns the new
+    ``dest`` names.
     """
     names = flags if isinstance(flags, dict) else {f: f for f in flags}
     actions = {a.dest: a for a in parser._actions}
     owner = {a.dest: g.title for g in parser._action_groups for a in g._group_actions}
-    root = getattr(dst, "_container", dst)  # a group's parser
     out = []
     for dest, new in names.items():
         action = copy.copy(actions[dest])
@@ -240,7 +241,7 @@ def borrow_flags(dst, parser: argparse.ArgumentParser, flags: dict[str, str] | l
             action.option_strings = ["--" + new]
         if new in defaults:
             action.default = defaults[new]
-        target = experimental_group(root) if owner.get(dest) == EXPERIMENTAL[0] else dst
+        target = experimental if experimental is not None and owner.get(dest) == EXPERIMENTAL[0] else dst
         target._add_action(action)
         out.append(new)
     return out
