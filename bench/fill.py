@@ -1,7 +1,7 @@
 """Benchmark: the map clean-ups of fill_hole.py against reading their inputs (run by hand, never by tests).
 
-    python bench/fill.py                          # a synthetic image_3 of 8000 px on its long side
-    python bench/fill.py --size 24000 --methods read segments
+    python -m bench.fill                          # a synthetic image_3 of 8000 px on its long side
+    python -m bench.fill --size 24000 --methods read segments
 
 The source is make_synthetic_data.py's image_3 (the shifted acquisition) and the map is its label with
 5% of the pixels set to random classes (so that every method has work to do). Each method runs in a fresh
@@ -19,9 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
+from bench.common import OUT, ROOT, best_of, peak_rss_mb, run_worker
 
 METHODS = {
     "read": {},
@@ -37,14 +35,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=8000, help="make_synthetic_data.py --size: image_2's long side (default: 8000)")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS), help="what to time (default: all)")
     p.add_argument("--repeats", type=int, default=2, help="rounds; the best time of each method is shown (default: 2)")
-    p.add_argument("--out", default=str(ROOT / "bench" / "out" / "fill"), help="work folder (default: bench/out/fill)")
+    p.add_argument("--out", default=str(OUT / "fill"), help="work folder (default: bench/out/fill)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     return p
 
 
 def worker(args) -> dict:
-    from tiling import _maxrss_mb
-
     from cropmap.maps.postprocess import fill_map
     from cropmap.raster import iter_zip, strip_rows
 
@@ -58,7 +54,7 @@ def worker(args) -> dict:
             pass
     else:
         fill_map(m, src, out / f"out_{args.worker}.png", progress=False, **METHODS[args.worker])
-    return {"s": time.perf_counter() - t, "rss_mb": _maxrss_mb()}
+    return {"s": time.perf_counter() - t, "rss_mb": peak_rss_mb()}
 
 
 def prepare(args) -> None:
@@ -84,14 +80,9 @@ def main(args) -> dict:
         print(json.dumps(worker(args)))
         return {}
     prepare(args)
-    best: dict[str, dict] = {}
-    for _ in range(args.repeats):
-        for name in args.methods:
-            r = subprocess.run([sys.executable, __file__, "--worker", name, "--out", args.out],
-                               check=True, capture_output=True, text=True)
-            got = json.loads(r.stdout.strip().splitlines()[-1])
-            if name not in best or got["s"] < best[name]["s"]:
-                best[name] = got
+    runs = {name: (lambda name=name: run_worker("bench.fill", ["--worker", name, "--out", args.out]))
+            for name in args.methods}
+    best = best_of(runs, args.repeats, "s")
     from cropmap.raster import check_image
 
     info = check_image(Path(args.out) / "jingwei_round1_test_a_20190619" / "image_3.png")

@@ -1,7 +1,7 @@
 """Benchmark: GeoTIFF against PNG, side by side in one run (run by hand, never by tests).
 
-    python bench/geotiff.py                 # 20000 x 20000 synthetic RGBA image, label and map
-    python bench/geotiff.py --repeat        # the source made of one repeated 2048 x 2048 block (minutes, not tens)
+    python -m bench.geotiff                 # 20000 x 20000 synthetic RGBA image, label and map
+    python -m bench.geotiff --repeat        # the source made of one repeated 2048 x 2048 block (minutes, not tens)
 
 Each worker runs in a fresh process, so its peak RSS (VmHWM) is its own:
   decode     reading the RGBA image top to bottom in 512-row strips, 4 ways: the PNG through pyvips (the
@@ -20,14 +20,10 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
+from bench.common import OUT, peak_rss_mb, rate_table, run_worker, write_repeated
 
 WORKERS = {
     "decode": ["png_pyvips", "png_rasterio", "tif_rasterio", "tif_pyvips"],
@@ -45,16 +41,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                    help="what to measure (default: all)")
     p.add_argument("--repeat", action="store_true",
                    help="make the source by repeating one 2048 x 2048 synthetic block (much faster to make)")
-    p.add_argument("--out", default=str(ROOT / "bench" / "out"), help="work folder (default: bench/out)")
+    p.add_argument("--out", default=str(OUT), help="work folder (default: bench/out)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--src", help=argparse.SUPPRESS)
     return p
-
-
-def _maxrss_mb() -> float:
-    from tiling import _maxrss_mb as peak  # bench/tiling.py: VmHWM of this process
-
-    return peak()
 
 
 def _read_all(reader, rows: int = 512) -> None:
@@ -101,7 +91,7 @@ def worker(kind: str, folder: Path) -> dict:
             ["--data_root", str(work), "--images", str(src), "--workers", "2", "--quiet"]))
         secs = time.perf_counter() - t0
         shutil.rmtree(work, ignore_errors=True)
-        return {"seconds": secs, "maxrss_mb": _maxrss_mb()}
+        return {"seconds": secs, "maxrss_mb": peak_rss_mb()}
     elif kind == "map_read":
         from cropmap.raster import open_reader, strip_rows
 
@@ -119,7 +109,7 @@ def worker(kind: str, folder: Path) -> dict:
         while reader.y < reader.height:
             rows = band[: reader.read_into(band)]
             n += sum(1 for _ in shapes(rows, mask=rows > 0, connectivity=4))
-        return {"seconds": time.perf_counter() - t0, "maxrss_mb": _maxrss_mb(), "polygons": n}
+        return {"seconds": time.perf_counter() - t0, "maxrss_mb": peak_rss_mb(), "polygons": n}
     elif kind == "polygonize":
         from cropmap.maps.polygons import polygonize_map
 
@@ -127,10 +117,10 @@ def worker(kind: str, folder: Path) -> dict:
         res = polygonize_map(folder / "map.tif", out, progress=False, log=lambda s: None)
         secs = time.perf_counter() - t0
         out.unlink()
-        return {"seconds": secs, "maxrss_mb": _maxrss_mb(), "polygons": res["polygons"]}
+        return {"seconds": secs, "maxrss_mb": peak_rss_mb(), "polygons": res["polygons"]}
     else:
         raise ValueError(kind)
-    return {"seconds": time.perf_counter() - t0, "maxrss_mb": _maxrss_mb()}
+    return {"seconds": time.perf_counter() - t0, "maxrss_mb": peak_rss_mb()}
 
 
 def make_sources(folder: Path, height: int, width: int, repeat: bool) -> None:
@@ -144,8 +134,6 @@ def make_sources(folder: Path, height: int, width: int, repeat: bool) -> None:
         print(f"synthesizing {height}x{width} -> {png} ...", flush=True)
         folder.mkdir(parents=True, exist_ok=True)
         if repeat:
-            from tiling import write_repeated
-
             write_repeated(png, label, height, width)
         else:
             synthetic.write_image(png, label, height, width, seed=1)
@@ -170,18 +158,11 @@ def main(args) -> None:
     results = {}
     for part in args.parts:
         for kind in WORKERS[part]:
-            cmd = [sys.executable, __file__, "--worker", kind, "--src", str(folder)]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            if proc.returncode:
-                print(proc.stderr, file=sys.stderr)
-                raise SystemExit(f"{kind} failed")
-            r = results[kind] = json.loads(proc.stdout.strip().splitlines()[-1])
+            r = results[kind] = run_worker("bench.geotiff", ["--worker", kind, "--src", str(folder)])
             extra = f"  polygons {r['polygons']}" if "polygons" in r else ""
             print(f"{kind:13s} {r['seconds']:7.1f} s  {mpix / r['seconds']:7.1f} Mpixel/s  "
                   f"peak RSS {r['maxrss_mb']:6.0f} MB{extra}", flush=True)
-    print(f"\n| {args.height}x{args.width} | seconds | Mpixel/s | peak RSS (MB) |\n|---|---|---|---|")
-    for k, r in results.items():
-        print(f"| {k} | {r['seconds']:.1f} | {mpix / r['seconds']:.1f} | {r['maxrss_mb']:.0f} |")
+    print("\n" + rate_table(f"{args.height}x{args.width}", results, mpix))
     ratio = lambda a, b: results[b]["seconds"] / results[a]["seconds"]  # noqa: E731 - throughput of a over b
     if "decode" in args.parts:
         print(f"\ndecode, GeoTIFF (rasterio) / PNG (pyvips) throughput: {ratio('tif_rasterio', 'png_pyvips'):.2f}; "

@@ -2,11 +2,12 @@
 
 Run by hand, from the repository root, on a machine with one CUDA GPU (README, "GPU check")::
 
-    python bench/gpu_check.py                       # --device cuda, the GPU sizes; at most 6 minutes on one H100
-    python bench/gpu_check.py --speed               # the speed figures instead (bench/train.py, bench/predict.py)
-    python bench/gpu_check.py --device cpu          # dry run of the same steps on the CPU: smaller, no --amp
+    python -m bench.gpu_check                       # --device cuda, the GPU sizes; at most 6 minutes on one H100
+    python -m bench.gpu_check --speed               # the speed figures instead (bench.train, bench.predict)
+    python -m bench.gpu_check --device cpu          # dry run of the same steps on the CPU: smaller, no --amp
 
-Steps, each the documented script in its own process (its command is the first line of its log):
+Steps, each the documented script in its own process (its command is the first line of its log; a script
+runs under ``python -m bench.gpu_check --as_step SCRIPT``, which records its peak memory):
 environment (versions, GPU, pyvips), a synthetic data set (``make_synthetic_data.py``), training tiles and
 test windows, the five training entries (``train.py``, ``train_focalloss.py``, ``train_swa.py``,
 ``train_multiscale.py``, ``Unet_resnet34/train.py``) with ``--device D --amp``, a resume of the first run,
@@ -14,9 +15,9 @@ test windows, the five training entries (``train.py``, ``train_focalloss.py``, `
 --nproc_per_node 1`` (DDP over NCCL with ``--sync_bn``; gloo on the CPU), ``predict.py --amp --tta flip``
 with three of the models, ``vote.py``, ``fill_hole.py`` and ``score.py``.
 
-With ``--speed`` the steps are the speed figures instead: a synthetic training set, ``bench/train.py`` (the
+With ``--speed`` the steps are the speed figures instead: a synthetic training set, ``python -m bench.train`` (the
 loader alone, the full and the bare step, a 200-iteration epoch; DeepLabv3-ResNet-50, batch 16, AMP) and
-``bench/predict.py`` (pure forward vs predict from the source, a zero-cost model, peak RSS at two sizes, an
+``python -m bench.predict`` (pure forward vs predict from the source, a zero-cost model, peak RSS at two sizes, an
 image of image_3's size with and without ``--tta flip``); their tables are in ``logs.txt``.
 
 Prints a table (step, status, seconds, peak GPU memory as PyTorch's allocator saw it, peak RSS of the
@@ -47,8 +48,10 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from bench.common import OUT, ROOT, markdown_table
+
 STEP_FLAG = "--as_step"  # internal: run a script in this process and record its peak memory at exit
+STEP = ["-m", "bench.gpu_check", STEP_FLAG]  # after the interpreter (or torchrun): run the next script as a step
 REPORT_ENV = "GPU_CHECK_REPORT"
 
 # Sizes and limits per device. The CPU dry run is smaller, predicts from non-overlapping windows and leaves
@@ -90,7 +93,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Run every step of the pipeline briefly on one CUDA GPU (or --device cpu "
                                 "as a dry run) and print a table of status, time and peak memory.", add_help=add_help)
     p.add_argument("--device", default="cuda", help="cuda (default) or cpu (dry run with smaller sizes)")
-    p.add_argument("--out", default=os.environ.get("OUT") or str(ROOT / "bench" / "out" / "gpu_check"),
+    p.add_argument("--out", default=os.environ.get("OUT") or str(OUT / "gpu_check"),
                    help="folder of the table and the logs (default: $OUT if set, else bench/out/gpu_check)")
     p.add_argument("--work", default=None, help="folder for data, tiles and checkpoints (default: a new temporary folder)")
     p.add_argument("--keep", action="store_true", help="keep the --work folder (default: removed at the end)")
@@ -109,7 +112,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--budget", type=int, default=None,
                    help="seconds after which the remaining steps are skipped (default: cuda 360, cpu 1800)")
     p.add_argument("--speed", action="store_true",
-                   help="run the speed figures (bench/train.py, bench/predict.py) instead of the check of every "
+                   help="run the speed figures (bench.train, bench.predict) instead of the check of every "
                         "script; about 6 minutes on one GPU")
     return p
 
@@ -118,8 +121,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 
 def run_as_step(argv: list[str]) -> None:
-    """Run the script ``argv[0]`` with ``argv[1:]`` as ``python SCRIPT ARGS`` would, and at exit write its peak
-    GPU memory (PyTorch's allocator) and peak RSS to ``$GPU_CHECK_REPORT.<pid>`` (JSON)."""
+    """Run the script ``argv[0]`` with ``argv[1:]`` as ``python SCRIPT ARGS`` would from the repository root (the
+    root, not the script's folder, first on the import path: every entry script imports from there), and at exit
+    write its peak GPU memory (PyTorch's allocator) and peak RSS to ``$GPU_CHECK_REPORT.<pid>`` (JSON)."""
     script = os.path.abspath(argv[0])
     report = os.environ.get(REPORT_ENV)
 
@@ -133,7 +137,6 @@ def run_as_step(argv: list[str]) -> None:
 
     atexit.register(write_report)
     sys.argv = [script, *argv[1:]]
-    sys.path[0] = os.path.dirname(script)
     runpy.run_path(script, run_name="__main__")
 
 
@@ -144,7 +147,7 @@ def plan(args: argparse.Namespace, work: Path) -> list[dict]:
     """The steps: ``name``, ``cmd`` (argv), ``expect`` (a regular expression the log must match), ``needs``
     (names of the steps it depends on)."""
     py = [sys.executable]
-    step = [sys.executable, str(Path(__file__).resolve()), STEP_FLAG]
+    step = [sys.executable, *STEP]
     cuda = args.device.startswith("cuda")
     t = args.tile_size
     model = work / "model"
@@ -190,7 +193,7 @@ def plan(args: argparse.Namespace, work: Path) -> list[dict]:
     steps.append(dict(name="torchrun 1 process", needs=["training tiles"],
                       expect=r"\(DDP, nccl\)" if cuda else r"\(DDP, gloo\)",
                       cmd=[*py, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1",
-                           str(Path(__file__).resolve()), STEP_FLAG, "train.py", *ddp]))
+                           *STEP, "train.py", *ddp]))
     predicted = []
     for name, script, checkpoint in [("ce", "train.py", "deeplabv3_resnet18_gpu_ce_best.pth"),
                                      ("focal", "train_focalloss.py", "deeplabv3_resnet18_gpu_focal_best.pth"),
@@ -237,10 +240,10 @@ def plan_speed(args: argparse.Namespace, work: Path) -> list[dict]:
              cmd=[*py, "generate_train_data.py", "--data_root", str(data), "--tile_size", tile, "--keep", "valid",
                   "--workers", str(max(2, args.workers)), "--quiet"]),
         dict(name="speed: training", needs=["training tiles"], expect="bare",
-             cmd=[*py, "bench/train.py", "--data_root", str(data), "--device", args.device, *amp, *train,
+             cmd=[*py, "-m", "bench.train", "--data_root", str(data), "--device", args.device, *amp, *train,
                   "--repeats", "1"]),
         dict(name="speed: prediction", needs=["environment"], expect="pure",
-             cmd=[*py, "bench/predict.py", "--device", args.device, *amp, *predict, "--out", str(work / "predict")]),
+             cmd=[*py, "-m", "bench.predict", "--device", args.device, *amp, *predict, "--out", str(work / "predict")]),
     ]
 
 
@@ -307,11 +310,10 @@ def format_table(rows: list[dict], title: str) -> str:
     def num(v, fmt):
         return "-" if v is None else format(v, fmt)
 
-    lines = [title, "", "| step | status | seconds | peak GPU MiB | peak RSS MiB |", "|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['step']} | {r['status']} | {num(r['seconds'], '.1f')} | {num(r['gpu_mib'], '.0f')} "
-                     f"| {num(r['rss_mib'], '.0f')} |")
-    return "\n".join(lines)
+    return f"{title}\n\n" + markdown_table(
+        ["step", "status", "seconds", "peak GPU MiB", "peak RSS MiB"],
+        [[r["step"], r["status"], num(r["seconds"], ".1f"), num(r["gpu_mib"], ".0f"), num(r["rss_mib"], ".0f")]
+         for r in rows])
 
 
 def apply_defaults(args: argparse.Namespace) -> argparse.Namespace:
@@ -348,7 +350,7 @@ def main(args: argparse.Namespace) -> int:
             shutil.rmtree(work, ignore_errors=True)
     total = time.perf_counter() - t0
     failed = [r for r in rows if r["status"] != "ok"]
-    title = (f"bench/gpu_check.py --device {args.device}{' --speed' if args.speed else ''}: "
+    title = (f"python -m bench.gpu_check --device {args.device}{' --speed' if args.speed else ''}: "
              f"{len(rows) - len(failed)}/{len(rows)} steps ok in "
              f"{total:.0f} s (synthetic --size {args.size}, tiles {args.tile_size}, batch {args.batch_size}, "
              f"1 epoch of {args.iters} iterations, amp {'on' if args.amp else 'off'})\n" + "\n".join(f"    {ln}" for ln in env_lines))

@@ -2,8 +2,8 @@
 
 Run by hand, e.g. (from the repository root)::
 
-    python bench/models.py --size 512 --batch_size 2 --iters 3 --device cpu
-    python bench/models.py --device cuda --batch_size 8 --iters 20 --amp
+    python -m bench.models --size 512 --batch_size 2 --iters 3 --device cpu
+    python -m bench.models --device cuda --batch_size 8 --iters 20 --amp
 
 Prints a markdown table of images/s.  Forward is timed in ``eval()`` under
 ``torch.inference_mode()``; forward+backward in ``train()`` mode with a mean-of-logits loss
@@ -16,9 +16,10 @@ ASPP image pooling); a failing cell prints ``error``.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
+
+from bench.common import cuda_sync, markdown_row, markdown_table
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -53,22 +54,15 @@ def _pairs(args, models_module) -> list[tuple[str, str]]:
     return pairs
 
 
-def _synchronize(device) -> None:
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _time(step, device, warmup: int, iters: int) -> float:
     """Seconds per call of ``step`` (mean of ``iters`` timed calls after ``warmup``)."""
     for _ in range(warmup):
         step()
-    _synchronize(device)
+    cuda_sync(device)
     start = time.perf_counter()
     for _ in range(iters):
         step()
-    _synchronize(device)
+    cuda_sync(device)
     return (time.perf_counter() - start) / iters
 
 
@@ -134,7 +128,7 @@ def main(args) -> str:
     columns = ["model", "backbone", "params (M)", "fwd", "fwd channels_last", "fwd+bwd", "fwd+bwd channels_last"]
     if device.type == "cuda":
         columns += ["fwd+bwd peak MiB", "fwd+bwd peak MiB channels_last"]
-    lines = [header, "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines = [header, "", markdown_table(columns)]
     print("\n".join(lines), flush=True)
     for name, backbone in pairs:
         model = models.build_model(
@@ -151,7 +145,7 @@ def main(args) -> str:
         row = [name, backbone, f"{params:.1f}", fmt(cells[False], 0), fmt(cells[True], 0), fmt(cells[False], 1), fmt(cells[True], 1)]
         if device.type == "cuda":
             row += [fmt(cells[False], 2), fmt(cells[True], 2)]
-        line = "| " + " | ".join(row) + " |"
+        line = markdown_row(row)
         lines.append(line)
         print(line, flush=True)
         del model
@@ -159,9 +153,4 @@ def main(args) -> str:
 
 
 if __name__ == "__main__":
-    # Run as `python bench/models.py`: make the repository root importable (this file's
-    # own name would otherwise shadow the `models` package).
-    repo_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    sys.path = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
-    sys.path.insert(0, repo_root)
     main(get_args_parser().parse_args())

@@ -1,7 +1,7 @@
 """Benchmark: reading tiles with raster.read_png (chunk checksums checked first) vs a bare OpenCV decode.
 
-    python bench/png_read.py                      # 512x512 tiles as the tilers write them
-    python bench/png_read.py --size 256 --count 400
+    python -m bench.png_read                      # 512x512 tiles as the tilers write them
+    python -m bench.png_read --size 256 --count 400
 
 read_png checks every chunk (checksums, IEND) before OpenCV decodes, so that a damaged tile is one clear
 error line instead of libpng's messages, then returns RGB(A) order. Side by side in one process, alternating,
@@ -13,13 +13,11 @@ alone. Tiles: training RGB (uncompressed, the default of generate_train_data.py)
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench.common import best_of
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -30,6 +28,18 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--count", type=positive_int, default=200, help="reads per measurement (default: 200)")
     p.add_argument("--repeats", type=positive_int, default=3, help="alternating passes; the best counts (default: 3)")
     return p
+
+
+def per_call(fn, count: int):
+    """A measurement: milliseconds per call of ``fn``, over ``count`` calls."""
+
+    def run() -> dict:
+        t = time.perf_counter()
+        for _ in range(count):
+            fn()
+        return {"ms": (time.perf_counter() - t) / count * 1e3}
+
+    return run
 
 
 def main(args) -> dict:
@@ -52,14 +62,8 @@ def main(args) -> dict:
                 cv2.imdecode(np.frombuffer(path.read_bytes(), np.uint8), cv2.IMREAD_UNCHANGED)
 
             runs = {"bare": bare, "read_png": lambda: read_png(path), "checks": lambda: check_bytes(data, path)}
-            best = {k: float("inf") for k in runs}
-            for _ in range(args.repeats):
-                for k, fn in runs.items():
-                    t = time.perf_counter()
-                    for _ in range(args.count):
-                        fn()
-                    best[k] = min(best[k], (time.perf_counter() - t) / args.count * 1e3)
-            results[name] = best
+            timed = best_of({k: per_call(fn, args.count) for k, fn in runs.items()}, args.repeats, "ms")
+            best = results[name] = {k: r["ms"] for k, r in timed.items()}
             print(f"{name:22s} {len(data) / 1e6:5.2f} MB: bare decode {best['bare']:.2f} ms, read_png "
                   f"{best['read_png']:.2f} ms ({best['read_png'] / best['bare']:.2f}x), of which checks "
                   f"{best['checks']:.2f} ms", flush=True)

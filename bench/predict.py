@@ -1,12 +1,12 @@
 """Benchmark: predict.py against the model's pure forward pass, its memory at two sizes, an image_3-size time.
 
-    python bench/predict.py                                    # CPU defaults: 1536^2 and 3072^2, ResNet-18, 1 thread
-    python bench/predict.py --device cuda --amp --backbone resnet50 --batch_size 16 --sizes 4096 8192 --full
+    python -m bench.predict                                    # CPU defaults: 1536^2 and 3072^2, ResNet-18, 1 thread
+    python -m bench.predict --device cuda --amp --backbone resnet50 --batch_size 16 --sizes 4096 8192 --full
 
 Run by hand, never by tests. Side by side in one process, alternating, the best of ``--repeats`` each:
 
   pure     the model's forward alone: ``model(x)`` on one batch of ``--batch_size`` windows already on the
-           device, normalised, channels_last, under the same autocast (as bench/models.py does)
+           device, normalised, channels_last, under the same autocast (as bench.models does)
   source   cropmap.predict.inference.predict_from_source over the large image: decode, forward, blend, argmax,
            map + preview written (what ``predict.py --source`` runs)
   windows  cropmap.predict.inference.predict_image over the same image's pre-cut windows (``--precut``; cut by
@@ -36,8 +36,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench.common import OUT, ROOT, best_of, cuda_sync, markdown_table, run_worker, write_tiled
 
 IMAGE3 = (19903, 37241)  # image_3's real size, H x W
 
@@ -69,7 +68,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                    help="sources larger than this repeat a synthetic block of this side (synthesis is slow) (default: 4096)")
     p.add_argument("--shared", type=int, default=0, metavar="N",
                    help="also time torchrun with N processes sharing the large image (CPU: gloo) (default: off)")
-    p.add_argument("--out", default=str(ROOT / "bench" / "out" / "predict"), help="work folder (default: bench/out/predict)")
+    p.add_argument("--out", default=str(OUT / "predict"), help="work folder (default: bench/out/predict)")
     p.add_argument("--worker", choices=["throughput", "measure"], help=argparse.SUPPRESS)
     p.add_argument("--root", help=argparse.SUPPRESS)
     p.add_argument("cmd", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
@@ -114,35 +113,36 @@ def block(args) -> Path:
     return path
 
 
-def prepare_tall(args) -> Path:
-    """A synthetic source as wide as the small one and four times as high, under OUT/tall (cached)."""
+def synthetic_source(args, root: Path, height: int, width: int, seed: int | None = None) -> Path:
+    """The layout's image_3 under ``root``, ``height`` x ``width`` (cached): synthesised with ``seed``, or the
+    ``--block`` block repeated where there is no seed or the image is wider than the block (synthesis is slow)."""
     from cropmap.data.synthetic import write_image
+    from cropmap.raster import read_png
 
-    width = args.sizes[0]
-    root = Path(args.out) / f"tall_{4 * width}x{width}"
     src = source_of(root)
     if not src.exists():
         src.parent.mkdir(parents=True, exist_ok=True)
-        if width > args.block:
-            repeat_image(block(args), src, 4 * width, width)
+        t0 = time.perf_counter()
+        if seed is None or width > args.block:
+            write_tiled(src, read_png(block(args)), height, width)
         else:
-            write_image(src, src.with_name("image_3_label.png"), 4 * width, width, seed=width + 1, progress=False)
+            write_image(src, src.with_name("image_3_label.png"), height, width, seed=seed, progress=False)
+        print(f"wrote {src} ({height}x{width}) in {time.perf_counter() - t0:.0f} s", flush=True)
+    return src
+
+
+def prepare_tall(args) -> Path:
+    """A synthetic source as wide as the small one and four times as high, under OUT/tall (cached)."""
+    width = args.sizes[0]
+    root = Path(args.out) / f"tall_{4 * width}x{width}"
+    synthetic_source(args, root, 4 * width, width, seed=width + 1)
     return root
 
 
 def prepare(args, size: int) -> Path:
-    """A synthetic ``size`` x ``size`` source (and with ``--precut`` its windows) under OUT/SIZE (cached);
-    above ``--block`` pixels a side, the block repeated."""
-    from cropmap.data.synthetic import write_image
-
+    """A synthetic ``size`` x ``size`` source (and with ``--precut`` its windows) under OUT/SIZE (cached)."""
     root = Path(args.out) / str(size)
-    src = source_of(root)
-    if not src.exists():
-        src.parent.mkdir(parents=True, exist_ok=True)
-        if size > args.block:
-            repeat_image(block(args), src, size, size)
-        else:
-            write_image(src, src.with_name("image_3_label.png"), size, size, seed=size, progress=False)
+    synthetic_source(args, root, size, size, seed=size)
     stamp = root / "test" / f".cut_{args.tile_size}_{args.stride}"
     if args.precut and not stamp.exists():
         subprocess.run([sys.executable, str(ROOT / "generate_test_data.py"), "--data_root", str(root), "--images",
@@ -151,31 +151,11 @@ def prepare(args, size: int) -> Path:
     return root
 
 
-def repeat_image(pattern: Path, path: Path, height: int, width: int) -> None:
-    """Write a ``height`` x ``width`` PNG whose pixels repeat those of ``pattern`` (streamed, bounded memory)."""
-    import numpy as np
-
-    from cropmap.raster import open_writer, read_png
-
-    tile = read_png(pattern)
-    bh, bw = tile.shape[:2]
-    cols = np.arange(width) % bw
-    with open_writer(path, width, height, tile.shape[2]) as w:
-        for y in range(0, height, 256):
-            rows = np.arange(y, min(y + 256, height)) % bh
-            w.write(tile[rows][:, cols])
-
-
 def prepare_full(args) -> Path:
     """An image of image_3's size under OUT/full (cached): the synthetic block, repeated."""
     height, width = args.full_size
     root = Path(args.out) / f"full_{height}x{width}"
-    src = source_of(root)
-    if not src.exists():
-        src.parent.mkdir(parents=True, exist_ok=True)
-        t0 = time.perf_counter()
-        repeat_image(block(args), src, height, width)
-        print(f"wrote {src} ({height}x{width}) in {time.perf_counter() - t0:.0f} s", flush=True)
+    synthetic_source(args, root, height, width)
     return root
 
 
@@ -229,10 +209,6 @@ def throughput(args) -> dict:
     amp_dtype = amp_rule(device) or torch.bfloat16  # the rule predict.py follows
     out = Path(args.out)
 
-    def sync():
-        if cuda:
-            torch.cuda.synchronize()
-
     g = torch.Generator().manual_seed(0)
     raw = torch.randint(0, 256, (args.batch_size, 4, args.tile_size, args.tile_size), dtype=torch.uint8, generator=g)
     x = normalize(raw.to(device)).contiguous(memory_format=torch.channels_last)
@@ -241,19 +217,19 @@ def throughput(args) -> dict:
     def pure() -> dict:
         with torch.inference_mode(), torch.autocast(device.type, dtype=amp_dtype, enabled=args.amp):
             model(x)
-            sync()
+            cuda_sync(device)
             t0 = time.perf_counter()
             for _ in range(iters):
                 model(x)
-            sync()
+            cuda_sync(device)
         secs = time.perf_counter() - t0
         return {"win_per_s": iters * args.batch_size / secs / views}
 
     def timed(fn) -> dict:
-        sync()
+        cuda_sync(device)
         t0, c0 = time.perf_counter(), cpu_seconds()
         res = fn()
-        sync()
+        cuda_sync(device)
         secs, cpu = time.perf_counter() - t0, cpu_seconds() - c0
         n = res["windows"]
         return {"windows": n, "seconds": secs, "win_per_s": n / secs, "win_per_cpu_s": n / max(cpu, 1e-9),
@@ -276,12 +252,7 @@ def throughput(args) -> dict:
     runs = {"pure": pure, "source": lambda: source(model), "zero": lambda: source(zero)}
     if args.precut:
         runs["windows"] = windows
-    best: dict = {}
-    for _ in range(args.repeats):
-        for name, fn in runs.items():
-            r = fn()
-            if name not in best or r["win_per_s"] > best[name]["win_per_s"]:
-                best[name] = r
+    best: dict = best_of(runs, args.repeats, "win_per_s", larger=True)
     best["threads"] = torch.get_num_threads()
     best["device_name"] = torch.cuda.get_device_name(device) if cuda else f"cpu ({os.cpu_count()} cores)"
     return best
@@ -292,9 +263,7 @@ def throughput(args) -> dict:
 
 def measure(cmd: list[str], env: dict | None = None) -> dict:
     """Run ``cmd`` as a child of a fresh process: its peak RSS (MiB, the largest process) and wall time."""
-    wrapper = [sys.executable, str(Path(__file__).resolve()), "--worker", "measure", "--", *cmd]
-    out = subprocess.run(wrapper, check=True, capture_output=True, text=True, env=env)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_worker("bench.predict", ["--worker", "measure", "--", *cmd], env)
 
 
 def predict_cmd(args, src: Path, out: Path) -> list[str]:
@@ -323,17 +292,12 @@ def main(args: argparse.Namespace) -> dict:
     checkpoint(args)
     results: dict = {"args": {k: v for k, v in vars(args).items() if k not in ("worker", "root", "cmd")}}
 
-    worker = [sys.executable, str(Path(__file__).resolve()), "--worker", "throughput", "--root", str(roots[large])]
+    worker = ["--worker", "throughput", "--root", str(roots[large])]
     for k in ("model", "backbone", "tile_size", "stride", "batch_size", "tta", "workers", "device", "threads", "out",
               "repeats", "block"):
         worker += [f"--{k}", str(getattr(args, k))]
     worker += (["--amp"] if args.amp else []) + (["--precut"] if args.precut else [])
-    proc = subprocess.run(worker, capture_output=True, text=True)
-    if proc.returncode:
-        sys.stderr.write(proc.stderr[-4000:])
-        raise SystemExit(proc.returncode)
-    t = json.loads(proc.stdout.strip().splitlines()[-1])
-    results["throughput"] = t
+    results["throughput"] = run_worker("bench.predict", worker)
 
     for s, root in [*roots.items(), ("tall", prepare_tall(args))]:
         m = measure([sys.executable, *predict_cmd(args, source_of(root), root / "submit")])
@@ -369,38 +333,40 @@ def report(args, results: dict) -> None:
     print(f"\n{args.model}-{args.backbone}, {t['device_name']}, {amp}, batch {args.batch_size}, windows "
           f"{args.tile_size} px every {args.stride}, TTA {args.tta}, {t['threads']} torch thread(s); "
           f"{large}x{large} image, {src['windows']} windows\n")
-    print("| measurement | windows/s | vs pure forward | Mpixel/s of source | notes |")
-    print("|---|---|---|---|---|")
     views = {"none": 1, "flip": 3, "d4": 8}[args.tta]
-    print(f"| pure forward (pre-loaded batch, channels_last) | {pure['win_per_s']:.2f} | 1 | | "
-          f"{views} forward pass(es) per window |")
-    print(f"| predict from the source | {src['win_per_s']:.2f} | {src['win_per_s'] / pure['win_per_s']:.3f} | "
-          f"{src['mpix_per_s']:.2f} | {src['seconds']:.1f} s |")
+
+    def rate(name: str, r: dict, notes: str) -> list:  # a row of a measurement in windows/s
+        return [name, f"{r['win_per_s']:.2f}", f"{r['win_per_s'] / pure['win_per_s']:.3f}", f"{r['mpix_per_s']:.2f}",
+                notes]
+
+    rows = [["pure forward (pre-loaded batch, channels_last)", f"{pure['win_per_s']:.2f}", "1", "",
+             f"{views} forward pass(es) per window"],
+            rate("predict from the source", src, f"{src['seconds']:.1f} s")]
     if "windows" in t:
-        w = t["windows"]
-        print(f"| predict from pre-cut windows | {w['win_per_s']:.2f} | {w['win_per_s'] / pure['win_per_s']:.3f} | "
-              f"{w['mpix_per_s']:.2f} | {args.workers} loader worker(s) |")
-    print(f"| predict, zero-cost model | {zero['win_per_s']:.1f} | | {zero['mpix_per_s']:.1f} | "
-          f"**{zero['win_per_cpu_s']:.1f} windows per CPU-second** (all threads) |")
+        rows.append(rate("predict from pre-cut windows", t["windows"], f"{args.workers} loader worker(s)"))
+    rows.append(["predict, zero-cost model", f"{zero['win_per_s']:.1f}", "", f"{zero['mpix_per_s']:.1f}",
+                 f"**{zero['win_per_cpu_s']:.1f} windows per CPU-second** (all threads)"])
     a, b = results[f"rss_{small}"]["peak_rss_mib"], results[f"rss_{large}"]["peak_rss_mib"]
     c = results["rss_tall"]["peak_rss_mib"]
-    print(f"| peak RSS of predict.py, {small}^2 vs {4 * small}x{small} (4x the height) | | | | "
-          f"{a:.0f} vs {c:.0f} MiB ({c / a:.3f}) |")
-    print(f"| peak RSS of predict.py, {small}^2 vs {large}^2 ({large // small}x the width: a wider band) | | | | "
-          f"{a:.0f} vs {b:.0f} MiB ({b / a:.3f}) |")
-    full = [k for k in results if k.startswith("full_")]
+    rows += [[f"peak RSS of predict.py, {small}^2 vs {4 * small}x{small} (4x the height)", "", "", "",
+              f"{a:.0f} vs {c:.0f} MiB ({c / a:.3f})"],
+             [f"peak RSS of predict.py, {small}^2 vs {large}^2 ({large // small}x the width: a wider band)", "", "", "",
+              f"{a:.0f} vs {b:.0f} MiB ({b / a:.3f})"]]
     fh, fw = args.full_size
-    for k in full:
+    for k in [k for k in results if k.startswith("full_")]:
         f = results[k]
-        print(f"| predict.py, {fh}x{fw} (image_3: {IMAGE3[0]}x{IMAGE3[1]}), TTA {k[5:]} | | | {fh * fw / 1e6 / f['wall_s']:.1f} | "
-              f"**{f['wall_s']:.1f} s** (whole process, measured), peak RSS {f['peak_rss_mib']:.0f} MiB |")
-    print(f"| predict, image_3 size {IMAGE3[0]}x{IMAGE3[1]} | | | | **{h3 / src['mpix_per_s']:.0f} s** "
-          f"(extrapolated from {large}^2's Mpixel/s; zero-cost model: {h3 / zero['mpix_per_s']:.0f} s) |")
+        rows.append([f"predict.py, {fh}x{fw} (image_3: {IMAGE3[0]}x{IMAGE3[1]}), TTA {k[5:]}", "", "",
+                     f"{fh * fw / 1e6 / f['wall_s']:.1f}",
+                     f"**{f['wall_s']:.1f} s** (whole process, measured), peak RSS {f['peak_rss_mib']:.0f} MiB"])
+    rows.append([f"predict, image_3 size {IMAGE3[0]}x{IMAGE3[1]}", "", "", "",
+                 f"**{h3 / src['mpix_per_s']:.0f} s** (extrapolated from {large}^2's Mpixel/s; zero-cost model: "
+                 f"{h3 / zero['mpix_per_s']:.0f} s)"])
     if "shared" in results:
         s = results["shared"]
-        print(f"| predict.py, {s['processes']} processes sharing the image (torchrun) | | | | "
-              f"{s['many']['wall_s']:.1f} s vs {s['one']['wall_s']:.1f} s for one process; maps "
-              f"{'identical' if s['identical'] else 'DIFFER'} |")
+        rows.append([f"predict.py, {s['processes']} processes sharing the image (torchrun)", "", "", "",
+                     f"{s['many']['wall_s']:.1f} s vs {s['one']['wall_s']:.1f} s for one process; maps "
+                     f"{'identical' if s['identical'] else 'DIFFER'}"])
+    print(markdown_table(["measurement", "windows/s", "vs pure forward", "Mpixel/s of source", "notes"], rows))
 
 
 if __name__ == "__main__":

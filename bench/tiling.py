@@ -1,7 +1,7 @@
 """Benchmark: cutting a huge image and its label into training tiles (run by hand, never by tests).
 
-    python bench/tiling.py                      # 20000 x 20000 synthetic RGBA + label
-    python bench/tiling.py --height 40650 --width 77470 --skip_original   # image_2's real size
+    python -m bench.tiling                      # 20000 x 20000 synthetic RGBA + label
+    python -m bench.tiling --height 40650 --width 77470 --skip_original   # image_2's real size
 
 Side by side in one run, each in a fresh process (so peak RSS is its own):
   decode      pyvips streaming decode of the image and its label, nothing else (the floor)
@@ -17,15 +17,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench.common import OUT, peak_rss_mb, rate_table, run_worker, write_repeated
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -35,7 +31,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--width", type=int, default=20000, help="source width in pixels (default: 20000)")
     p.add_argument("--tile_size", type=int, default=512, help="tile side (default: 512)")
     p.add_argument("--workers", type=int, default=2, help="encoding threads for ours (default: 2)")
-    p.add_argument("--out", default=str(ROOT / "bench" / "out"), help="work folder (default: bench/out)")
+    p.add_argument("--out", default=str(OUT), help="work folder (default: bench/out)")
     p.add_argument("--skip_original", action="store_true", help="do not run the original approach")
     p.add_argument("--repeat", action="store_true",
                    help="make the source by repeating one 2048x2048 synthetic block (minutes instead of most of an "
@@ -43,14 +39,6 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--worker", choices=["decode", "ours", "checkfirst", "original"], help=argparse.SUPPRESS)
     p.add_argument("--src", help=argparse.SUPPRESS)
     return p
-
-
-def _maxrss_mb() -> float:
-    """Peak RSS of this process (VmHWM: unlike ru_maxrss it does not inherit the parent's peak at exec)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def worker(args) -> dict:
@@ -108,28 +96,10 @@ def worker(args) -> dict:
     n = sum(1 for _ in tiles.iterdir()) if tiles.exists() else 0
     t = time.perf_counter()
     shutil.rmtree(work, ignore_errors=True)  # what a rerun adds to ours: deleting the old tiles
-    out = {"seconds": secs, "maxrss_mb": _maxrss_mb(), "tiles": n, "delete_seconds": time.perf_counter() - t}
+    out = {"seconds": secs, "maxrss_mb": peak_rss_mb(), "tiles": n, "delete_seconds": time.perf_counter() - t}
     if args.worker in ("ours", "checkfirst"):
         out["swap_seconds"] = swap[0]
     return out
-
-
-def write_repeated(src: Path, label: Path, height: int, width: int, block: int = 2048) -> None:
-    """A big source made of one synthetic block repeated (streamed, like the real generator)."""
-    import numpy as np
-    from tqdm import tqdm
-
-    from cropmap.data import synthetic
-    from cropmap.raster import open_writer
-
-    rgba, lab = synthetic.synthesize_rows(1, block, block, 0, block)
-    reps = -(-width // block)
-    with open_writer(src, width, height, 4) as wi, open_writer(label, width, height, 1) as wl:
-        for y in tqdm(range(0, height, 256), desc="repeated source", leave=False):
-            h = min(256, height - y)
-            rows = np.arange(y, y + h) % block
-            wi.write(np.tile(rgba[rows], (1, reps, 1))[:, :width])
-            wl.write(np.tile(lab[rows], (1, reps))[:, :width])
 
 
 def main(args) -> None:
@@ -151,20 +121,13 @@ def main(args) -> None:
     results = {}
     kinds = ["decode", "ours", "checkfirst"] + ([] if args.skip_original else ["original"])
     for kind in kinds:
-        cmd = [sys.executable, __file__, "--worker", kind, "--src", str(src), "--tile_size", str(args.tile_size),
-               "--workers", str(args.workers), "--out", str(out)]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode:
-            print(proc.stderr, file=sys.stderr)
-            raise SystemExit(f"{kind} failed")
-        results[kind] = json.loads(proc.stdout.strip().splitlines()[-1])
-        r = results[kind]
+        r = results[kind] = run_worker("bench.tiling", ["--worker", kind, "--src", str(src), "--tile_size",
+                                                         str(args.tile_size), "--workers", str(args.workers),
+                                                         "--out", str(out)])
         print(f"{kind:9s} {r['seconds']:8.1f} s  {mpix / r['seconds']:7.1f} Mpixel/s  "
               f"peak RSS {r['maxrss_mb']:8.0f} MB  tiles {r['tiles']}", flush=True)
     ours = results["ours"]
-    print(f"\n| {args.height}x{args.width} | seconds | Mpixel/s | peak RSS (MB) |\n|---|---|---|---|")
-    for k, r in results.items():
-        print(f"| {k} | {r['seconds']:.1f} | {mpix / r['seconds']:.1f} | {r['maxrss_mb']:.0f} |")
+    print("\n" + rate_table(f"{args.height}x{args.width}", results, mpix))
     print(f"\nours / decode throughput: {results['decode']['seconds'] / ours['seconds']:.2f}")
     check = results["checkfirst"]
     print(f"damaged pixels found before any tile is final: temporary folders {ours['seconds']:.1f} s (of which "

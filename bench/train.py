@@ -3,9 +3,9 @@ and a whole training epoch, against the bare model step on the same batches alre
 
 Run by hand from the repository root on a data root with training tiles, e.g.::
 
-    python bench/train.py --data_root data --backbone resnet18 --crop_size 256 --batch_size 8 \\
+    python -m bench.train --data_root data --backbone resnet18 --crop_size 256 --batch_size 8 \\
         --device cpu --workers 1 --threads 2 --iters 10
-    python bench/train.py --data_root data --backbone resnet50 --batch_size 16 --device cuda --amp \\
+    python -m bench.train --data_root data --backbone resnet50 --batch_size 16 --device cuda --amp \\
         --workers 12 --iters 50 --epoch_iters 200                           # on a GPU machine
 
 Takes every training flag of ``train.py`` (model, crops, scales, workers, AMP, ...). Measurements:
@@ -31,11 +31,9 @@ import statistics
 import sys
 import time
 
-if __package__ in (None, ""):  # run as a script: make the repository root importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from cropmap.train import engine  # noqa: E402
-from cropmap.core.cli import run_cli  # noqa: E402
+from bench.common import cuda_sync, markdown_table
+from cropmap.core.cli import run_cli
+from cropmap.train import engine
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -55,13 +53,6 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     return parser
 
 
-def _sync(trainer: engine.Trainer) -> None:
-    if trainer.device.type == "cuda":
-        import torch
-
-        torch.cuda.synchronize(trainer.device)
-
-
 def measure_full(trainer: engine.Trainer, epoch: int, warmup: int, iters: int) -> tuple[float, list]:
     """Images/s of ``iters`` loader-fed steps after ``warmup`` untimed ones; also returns the timed batches' sizes."""
     trainer.sampler.set_epoch(epoch)
@@ -69,13 +60,13 @@ def measure_full(trainer: engine.Trainer, epoch: int, warmup: int, iters: int) -
     it = iter(trainer.train_loader)
     for _ in range(warmup):
         trainer.train_step(*next(it))
-    _sync(trainer)
+    cuda_sync(trainer.device)
     start, images = time.perf_counter(), 0
     for _ in range(iters):
         x, y = next(it)
         trainer.train_step(x, y)
         images += x.shape[0]
-    _sync(trainer)
+    cuda_sync(trainer.device)
     return images / (time.perf_counter() - start), images
 
 
@@ -95,12 +86,12 @@ def measure_bare(trainer: engine.Trainer, batches: list, warmup: int) -> float:
     trainer.net.train()
     for x, y in batches[:warmup]:
         trainer.train_step(x, y)
-    _sync(trainer)
+    cuda_sync(trainer.device)
     start, images = time.perf_counter(), 0
     for x, y in batches[warmup:]:
         trainer.train_step(x, y)
         images += x.shape[0]
-    _sync(trainer)
+    cuda_sync(trainer.device)
     return images / (time.perf_counter() - start)
 
 
@@ -201,17 +192,19 @@ def run(args: argparse.Namespace) -> dict:
     print(f"\n{args.model} {args.backbone}, crops {trainer.scales}, batch sizes {trainer.batch_sizes}, "
           f"{args.workers} workers, device {trainer.device}, threads {args.threads or 'default'}, "
           f"AMP {'on' if args.amp else 'off'}, {args.iters} timed iterations x {args.repeats} repeats")
-    print("| what | images/s | share of the bare step |")
-    print("|---|---|---|")
     bare_rate = result["bare"]
-    print(f"| loader alone, 1 process (one worker's rate) | {result['loader_1']:.2f} | {result['loader_1'] / bare_rate:.2f} |")
+    rows = [["loader alone, 1 process (one worker's rate)", f"{result['loader_1']:.2f}",
+             f"{result['loader_1'] / bare_rate:.2f}"]]
     if result["loader_n"] is not None:
-        print(f"| loader alone, {args.workers} workers | {result['loader_n']:.2f} | {result['loader_n'] / bare_rate:.2f} |")
-    print(f"| full (loader + augmentation + fwd/bwd/step) | {result['full']:.2f} | {result['full'] / bare_rate:.3f} |")
-    print(f"| bare (fwd/bwd/step on pre-loaded batches) | {bare_rate:.2f} | 1 |")
+        rows.append([f"loader alone, {args.workers} workers", f"{result['loader_n']:.2f}",
+                     f"{result['loader_n'] / bare_rate:.2f}"])
+    rows += [["full (loader + augmentation + fwd/bwd/step)", f"{result['full']:.2f}",
+              f"{result['full'] / bare_rate:.3f}"],
+             ["bare (fwd/bwd/step on pre-loaded batches)", f"{bare_rate:.2f}", "1"]]
     if epoch_rate is not None:
-        print(f"| training epoch of {trainer.iters_per_epoch} iterations (train_one_epoch, 2nd epoch) | "
-              f"{epoch_rate:.2f} | {epoch_rate / bare_rate:.3f} |")
+        rows.append([f"training epoch of {trainer.iters_per_epoch} iterations (train_one_epoch, 2nd epoch)",
+                     f"{epoch_rate:.2f}", f"{epoch_rate / bare_rate:.3f}"])
+    print(markdown_table(["what", "images/s", "share of the bare step"], rows))
     print(f"data pipeline overhead: {result['overhead_pct']:.1f}%")
     return result
 

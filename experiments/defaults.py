@@ -2,9 +2,9 @@
 
 Run by hand from the repository root (about 5 minutes per setting on 2 CPU cores)::
 
-    python bench/defaults.py                       # writes data/set2 (another seed and class mix) if missing
-    python bench/defaults.py --settings baseline "warmup 15" --seeds 0 1 2
-    python bench/defaults.py --data_root data --settings "adamw 1e-3"     # on the demo's data
+    python -m experiments.defaults                 # writes data/set2 (another seed and class mix) if missing
+    python -m experiments.defaults --settings baseline "warmup 15" --seeds 0 1 2
+    python -m experiments.defaults --data_root data --settings "adamw 1e-3"     # on the demo's data
 
 A second synthetic set (``make_synthetic_data.py --seed 7 --class_prob 0.5,0.1,0.25,0.15``: other fields,
 other class shares; its test images the shifted acquisition) is cut like the demo's, and the demo's focal
@@ -24,23 +24,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository root importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from bench.tricks import run, score  # noqa: E402
-from cropmap.train.checkpoint import load_checkpoint  # noqa: E402
-from cropmap.core.cli import run_cli  # noqa: E402
-from cropmap.core.files import atomic_path  # noqa: E402
-from cropmap.core.layout import (DEFAULT_TEST_IMAGES, TEST_SOURCE_DIR, checkpoint_path, map_path, model_dir,  # noqa: E402
+from cropmap.core.cli import run_cli
+from cropmap.core.files import atomic_path
+from cropmap.core.layout import (DEFAULT_TEST_IMAGES, TEST_SOURCE_DIR, checkpoint_path, map_path, model_dir,
                                  source_path, tiles_csv, train_dir, windows_dir)
-from cropmap.core.metrics import class_names, iou_from_confusion  # noqa: E402
+from cropmap.core.metrics import class_names, iou_from_confusion
+from cropmap.train.checkpoint import load_checkpoint
+from experiments.common import run, score
 
 #: one default changed per setting: name -> flags added to the demo's focal model
 SETTINGS = {

@@ -3,8 +3,8 @@
 Run by hand from the repository root, after ``run_pipeline.py`` (or ``make demo``) has made its maps
 (about 15 s for the demo's three models on 2 CPU cores)::
 
-    python bench/ensembles.py --data_root data
-    python bench/ensembles.py --data_root /tmp/set2 --powers 1 2 4 8
+    python -m experiments.ensembles --data_root data
+    python -m experiments.ensembles --data_root /tmp/set2 --powers 1 2 4 8
 
 For each subset of at least two of the models (default: the pipeline's three) and each ``--weight_power``,
 ``vote.py --soft --weights auto`` votes the saved probabilities of the validation images (the training
@@ -18,20 +18,14 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import os
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository root importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 from cropmap.core.cli import nonneg_float, num_classes_int, run_cli
-
-from cropmap.core.errors import InputError  # noqa: E402
-from cropmap.core.layout import (DEFAULT_TEST_IMAGES, DEFAULT_TRAIN_IMAGES, TEST_SOURCE_DIR,  # noqa: E402
-                                 source_path)
-from cropmap.core.metrics import iou_from_confusion  # noqa: E402
-from run_pipeline import DEFAULT_MODELS  # noqa: E402
+from cropmap.core.errors import InputError
+from cropmap.core.layout import DEFAULT_TEST_IMAGES, DEFAULT_TRAIN_IMAGES, TEST_SOURCE_DIR, source_path
+from cropmap.core.metrics import iou_from_confusion
+from run_pipeline import DEFAULT_MODELS
 
 STAGE = "bench_ens"
 

@@ -3,9 +3,9 @@ of the shifted acquisition at a time.
 
 Run by hand from the repository root (about 1 minute per rendering and checkpoint on 2 CPU cores)::
 
-    python bench/shift.py --checkpoints data/model/deeplabv3_resnet18_demo_focal_best.pth
-    python bench/shift.py --checkpoints A.pth B.pth --radiometry none histogram
-    python bench/shift.py --checkpoints A.pth --radiometry none --adapt_bn 0 64   # BatchNorm adaptation
+    python -m experiments.shift --checkpoints data/model/deeplabv3_resnet18_demo_focal_best.pth
+    python -m experiments.shift --checkpoints A.pth B.pth --radiometry none histogram
+    python -m experiments.shift --checkpoints A.pth --radiometry none --adapt_bn 0 64   # BatchNorm adaptation
 
 The test images of the demo's synthetic set (same seeds, so the same fields) are rendered into
 ``--work_dir`` five times (:mod:`cropmap.data.synthetic`): with the shifted acquisition's class mix only
@@ -22,19 +22,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import sys
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository root importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from bench.tricks import run, score  # noqa: E402
-from cropmap.data import synthetic  # noqa: E402
-from cropmap.core.cli import positive_int, run_cli  # noqa: E402
-from cropmap.core.layout import TEST_SOURCE_DIR, label_path, map_path  # noqa: E402
-from cropmap.core.metrics import class_names, iou_from_confusion  # noqa: E402
+from cropmap.core.cli import positive_int, run_cli
+from cropmap.core.layout import TEST_SOURCE_DIR, label_path, map_path
+from cropmap.core.metrics import class_names, iou_from_confusion
+from cropmap.data import synthetic
+from experiments.common import run, score
 
 
 def renderings() -> dict[str, synthetic.Acquisition]:

@@ -2,12 +2,12 @@
 
 Run by hand from the repository root (about 40 minutes on 2 CPU cores)::
 
-    python bench/tricks.py                         # writes the demo's data into data/ if it is not there
-    python bench/tricks.py --seeds 0 1 2 --model focal
+    python -m experiments.tricks                   # writes the demo's data into data/ if it is not there
+    python -m experiments.tricks --seeds 0 1 2 --model focal
 
 One model of the demo (``--model focal``: DeepLabv3-ResNet18, focal + Lovasz, ``train_focalloss.py``;
 ``ce``: cross-entropy, ``train.py``) is trained with the demo's flags as they were when this was measured
-(SGD at 0.03; the demo now trains with AdamW at 1e-3, see ``bench/defaults.py``) once per seed and per
+(SGD at 0.03; the demo now trains with AdamW at 1e-3, see ``experiments.defaults``) once per seed and per
 training trick:
 
 * baseline (the demo's flags), ``--color_jitter 0.08``, ``--label_smoothing edge``;
@@ -33,23 +33,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository root importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import numpy as np
 
-import numpy as np  # noqa: E402
+from cropmap.core.cli import nonneg_int, positive_int, run_cli, seed_int
+from cropmap.core.files import atomic_path
+from cropmap.core.layout import (DEFAULT_TEST_IMAGES, TEST_SOURCE_DIR, checkpoint_path, map_path, model_dir,
+                                 source_path, tiles_csv, train_dir, windows_dir)
+from cropmap.core.metrics import iou_from_confusion
+from experiments.common import run, score
 
-from cropmap.core.cli import nonneg_int, positive_int, run_cli, seed_int  # noqa: E402
-from cropmap.core.files import atomic_path  # noqa: E402
-from cropmap.core.layout import (DEFAULT_TEST_IMAGES, TEST_SOURCE_DIR, checkpoint_path, label_path, map_path,  # noqa: E402
-                                 model_dir, source_path, tiles_csv, train_dir, windows_dir)
-from cropmap.core.metrics import iou_from_confusion  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
 MODELS = {"focal": ("train_focalloss.py", "deeplabv3"), "ce": ("train.py", "deeplabv3")}
 #: training tricks: name -> flags added to the baseline's
 TRAIN_TRICKS = {"baseline": [], "color_jitter 0.08": ["--color_jitter", "0.08"],
@@ -71,24 +67,6 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--skip_same_acquisition", action="store_true",
                    help="do not score the baseline models on the test images rendered like the training images")
     return p
-
-
-def run(cmd: list[str]) -> None:
-    """One step, as run_pipeline.py runs them (printed, stopped on failure), without progress bars."""
-    from run_pipeline import run as run_step
-
-    run_step([*cmd, "--quiet"])
-
-
-def score(maps: dict[str, Path], sources: dict[str, Path]) -> np.ndarray:
-    """Confusion matrix ``int64 [4, 4]`` of the maps (image -> path) over their labelled sources."""
-    from cropmap.maps.scoring import score_map
-
-    total = np.zeros((4, 4), np.int64)
-    for image, path in maps.items():
-        src = sources[image]
-        total += np.asarray(score_map(path, label_path(src), src, 4, progress=False).matrix.numpy())
-    return total
 
 
 def prepare(root: Path) -> None:

@@ -212,7 +212,7 @@ def test_adaptation_undoes_a_new_acquisition_and_is_restored(tmp_path):
     and its training statistics are back afterwards."""
     source, label = _shifted_source(tmp_path)
     model = Threshold(float(_red(90)), 0.01)
-    kw = dict(batch_size=4, progress=False)
+    kw = dict(batch_size=4, progress=False, adapt_weight=1.0, adapt_depth=1.0)  # the image's statistics alone
     plain = predict_from_source(model, source, tmp_path / "plain.png", tile_size=32, stride=16, **kw)
     assert plain["adapted"] == 0
     got = read_png(plain["map"])
@@ -243,9 +243,9 @@ def test_predict_py_adapt_bn_flag(tmp_path, monkeypatch):
     seen = []
     real = predict.predict_from_source
 
-    def spy(*a, **kw):
-        seen.append((kw["adapt_windows"], kw["adapt_depth"]))
-        return real(*a, **kw)
+    def spy(model, source, out, opts, **kw):
+        seen.append((opts.adapt_windows, opts.adapt_depth))
+        return real(model, source, out, opts, **kw)
 
     monkeypatch.setattr(predict, "predict_from_source", spy)
     out = tmp_path / "out"
@@ -253,8 +253,8 @@ def test_predict_py_adapt_bn_flag(tmp_path, monkeypatch):
         predict.main(predict.get_args_parser().parse_args(
             ["--source", str(source), "--checkpoint", str(ckpt), "--tile_size", "32", "--stride", "32", "--output_dir",
              str(out), "--name", f"n{n}", "--adapt_bn", str(n), "--preview_size", "0", "--quiet", "--device", "cpu",
-             *(["--adapt_depth", "0.5"] if n else [])]))
-    assert seen == [(0, 1.0), (4, 0.5)]
+             *(["--adapt_depth", "0.5", "--adapt_weight", "1"] if n else [])]))
+    assert seen == [(0, 0.25), (4, 0.5)]  # predict.py --adapt_depth: default 0.25, typed 0.5
     assert json.loads((out / "image_3_predict_n0.json").read_text())["adapt_bn"] == 0
     side = json.loads((out / "image_3_predict_n4.json").read_text())
     assert side["adapt_bn"] == 3 and side["adapt_depth"] == 0.5  # row 32, its 3 windows

@@ -18,7 +18,6 @@ import torch
 
 from _small_data import (TEST_SRC, TRAIN_SRC, assert_one_error, assert_parse_error, error_lines, fake_checkpoints,
                          make_layout, make_source, run_script)
-from _train_fixtures import make_tiles
 from cropmap.core import cli
 from cropmap.train import engine
 from cropmap.core.cli import run_cli, typed_flags
@@ -29,23 +28,7 @@ from cropmap.raster import raster_info, read_png, write_png
 from cropmap.data.tiling import read_tiles_csv
 
 
-@pytest.fixture(autouse=True)
-def keep_thread_count():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def tiles(tmp_path_factory):
-    return make_tiles(tmp_path_factory.mktemp("tiles"), n_train=8, n_val=2, size=32)
-
-
-def fresh_root(tmp_path: Path, tiles: Path, name: str = "run") -> Path:
-    root = tmp_path / name
-    root.mkdir()
-    os.symlink(tiles / "train", root / "train", target_is_directory=True)
-    return root
+TILES = dict(n_train=8, n_val=2, size=32)  # the module's shared training tiles (conftest.py: tiles, data_root)
 
 
 def train_argv(root: Path, *extra: str) -> list[str]:
@@ -75,8 +58,8 @@ def test_parser_records_typed_flags_even_at_their_default():
         assert f"--{flag}," in resume.help or f"--{flag} " in resume.help, flag
 
 
-def test_resume_continues_the_run_without_retyping(tiles, tmp_path, capfd):
-    root = fresh_root(tmp_path, tiles)
+def test_resume_continues_the_run_without_retyping(data_root, capfd):
+    root = data_root()
     rc, _, err = run_script("train", train_argv(root, "--epochs", "1", "--exp", "k", "--base_lr", "0.02"), capfd)
     assert rc == 0, err
     last = root / "model" / "deeplabv3_resnet18_k_last.pth"
@@ -186,8 +169,8 @@ def test_flags_that_do_not_go_together_are_refused_before_any_work(tmp_path, cap
     assert_one_error(rc, err, "--keep 64", "--blend centre")
 
 
-def test_batch_size_one_is_refused_before_any_work(tiles, tmp_path, capfd):
-    root = fresh_root(tmp_path, tiles)
+def test_batch_size_one_is_refused_before_any_work(data_root, capfd):
+    root = data_root()
     rc, out, err = run_script("train", train_argv(root, "--batch_size", "1"), capfd)
     assert_one_error(rc, err, "--batch_size 1", "at least 2")
     assert not (root / "model").exists() and "training" not in out
@@ -206,8 +189,8 @@ class Poison(engine.Hook):
                     p.fill_(float("nan"))
 
 
-def test_nan_loss_stops_training_and_never_becomes_best(tiles, tmp_path, capfd):
-    root = fresh_root(tmp_path, tiles)
+def test_nan_loss_stops_training_and_never_becomes_best(data_root, capfd):
+    root = data_root()
     argv = train_argv(root, "--epochs", "3", "--iters_per_epoch", "2", "--exp", "nan")
     rc, out, err = run_script("cropmap.train.engine", argv, capfd, hooks=[Poison(epoch=1)])
     assert_one_error(rc, err, "epoch 2", "loss became nan", "--base_lr")
@@ -222,8 +205,8 @@ def test_nan_loss_stops_training_and_never_becomes_best(tiles, tmp_path, capfd):
 # ---- 3. output folders are checked before any work -----------------------------------------------
 
 
-def test_training_refuses_an_unwritable_model_folder_before_training(tiles, tmp_path, capfd):
-    root = fresh_root(tmp_path, tiles)
+def test_training_refuses_an_unwritable_model_folder_before_training(data_root, capfd):
+    root = data_root()
     (root / "model").write_text("a file where the model folder goes")
     rc, out, err = run_script("train", train_argv(root), capfd)
     assert_one_error(rc, err, "model", "is a file")
@@ -451,8 +434,8 @@ def test_predict_never_reads_outside_its_window_folder(tmp_path, capfd, monkeypa
 # ---- 9. temporaries: deleted on failure and by the next run of the same output -------------------
 
 
-def test_stale_temporaries_are_removed_by_the_next_run(tiles, tmp_path, capfd, monkeypatch):
-    root = fresh_root(tmp_path, tiles)
+def test_stale_temporaries_are_removed_by_the_next_run(data_root, tmp_path, capfd, monkeypatch):
+    root = data_root()
     model = root / "model"
     model.mkdir()
     stale = model / ".deeplabv3_resnet18_t_last.pth.k1ll3d_x.part"
@@ -508,20 +491,20 @@ def test_sigterm_removes_the_temporary(tmp_path, capfd):
 # ---- 10. --pretrained imagenet offline; a --resume file that is not a checkpoint ---------------------
 
 
-def test_pretrained_imagenet_offline_is_one_line(tiles, tmp_path, capfd, monkeypatch):
+def test_pretrained_imagenet_offline_is_one_line(data_root, tmp_path, capfd, monkeypatch):
     def offline(url, dst, *args, **kwargs):
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
-    root = fresh_root(tmp_path, tiles)
+    root = data_root()
     rc, _, err = run_script("train", train_argv(root, "--pretrained", "imagenet"), capfd)
     line = assert_one_error(rc, err, "--pretrained imagenet", "download", "--pretrained PATH", "resnet18-")
     assert len(err.strip().splitlines()) == 1 and len(line) < 400
 
 
-def test_resume_from_a_file_that_is_not_a_checkpoint(tiles, tmp_path, capfd):
-    root = fresh_root(tmp_path, tiles)
+def test_resume_from_a_file_that_is_not_a_checkpoint(data_root, tmp_path, capfd):
+    root = data_root()
     text = tmp_path / "notes.pth"
     text.write_text("these are not weights\n")
     rc, _, err = run_script("train", train_argv(root, "--resume", str(text)), capfd)
@@ -558,53 +541,3 @@ def test_pipeline_quiet_reaches_every_step(tmp_path, monkeypatch):
     assert {"vote.py", "fill_hole.py", "predict.py", "generate_train_data.py"} <= scripts
     for c in commands:
         assert "--quiet" in c, c
-
-
-def test_pipeline_defaults_reach_the_steps(tmp_path, monkeypatch):
-    """The pipeline's small-budget defaults reach the scripts: AdamW at 1e-3 (0.03 with SGD), each window
-    standardised on its own, validation every third epoch, DeepLabv3 6 epochs of 256-px crops and the U-Net 5
-    of 96-px crops, no radiometric matching of the maps (the flag reaches them), test windows every 3/4 of their
-    side; a stride wider than the windows is refused before any step runs."""
-    import run_pipeline
-
-    def commands_of(*flags):
-        commands = []
-        monkeypatch.setattr(run_pipeline, "run", commands.append)
-        monkeypatch.setattr(run_pipeline, "copy_atomic", lambda src, dst: None)
-        args = run_pipeline.get_args_parser().parse_args(["--data_root", str(tmp_path), "--quiet",
-                                                          "--test_images", str(tmp_path / "t.png"), *flags])
-        run_pipeline.main(args)
-        return commands
-
-    def value(cmd, flag):
-        return cmd[cmd.index(flag) + 1]
-
-    commands = commands_of()
-    trains = [c for c in commands if "--train" in c]
-    assert len(trains) == 3 and all(value(c, "--optimizer") == "adamw" and value(c, "--base_lr") == "0.001" for c in trains)
-    predicts = [c for c in commands if c[0] == "predict.py"]
-    assert all(value(c, "--input_norm") == "window" and value(c, "--val_every") == "3" for c in trains)
-    assert all("--ema" not in c for c in trains)  # the last weights by default (the average did not help)
-    assert all(value(c, "--ema") == "0.95" for c in commands_of("--ema", "0.95") if "--train" in c)
-    swa = [c for c in commands_of("--models", "deeplabv3_swa", "unet", "--ema", "0.95") if "--train" in c]
-    assert [c[0] for c in swa if "--ema" in c] == ["Unet_resnet34/train.py"]  # SWA keeps its own average
-    # the demo's budget: DeepLabv3 6 epochs of 256-px crops, the U-Net 5 epochs of 96-px crops
-    crops = {value(c, "--exp"): (value(c, "--epochs"), value(c, "--crop_size")) for c in trains}
-    assert crops == {"demo_ce": ("6", "256"), "demo_focal": ("6", "256"), "demo_unet": ("5", "96")}
-    assert predicts and all(value(c, "--radiometry") == "none" for c in predicts)
-    # every model's maps with the 8 flips and rotations (validation and test alike: the single rows and the votes
-    # use them), the original's plain stitching without; no extra TTA stage unless --tta_check asks for another TTA
-    models_maps = [c for c in predicts if value(c, "--name") != "plain"]
-    assert len(models_maps) == 6 and all(value(c, "--tta") == "d4" for c in models_maps)
-    assert "--tta" not in [c for c in predicts if value(c, "--name") == "plain"][0]
-    assert all(value(c, "--tta") == "none" for c in commands_of("--tta", "none") if c[0] == "predict.py" and "--tta" in c)
-    other = commands_of("--radiometry", "histogram", "--input_norm", "imagenet")
-    assert all(value(c, "--input_norm") == "imagenet" for c in other if "--train" in c)
-    matched = [c for c in other if c[0] == "predict.py"]
-    assert matched and all(value(c, "--radiometry") == "histogram" for c in matched)
-    windows = [c for c in commands if c[0] == "generate_test_data.py"]
-    assert [value(c, "--stride") for c in windows[:2]] == ["192", "192"]  # validation and test; plain: 256
-    sgd = [c for c in commands_of("--optimizer", "sgd", "--tile_size", "128") if "--train" in c]
-    assert all(value(c, "--base_lr") == "0.03" for c in sgd)
-    with pytest.raises(InputError, match="--stride 300"):
-        commands_of("--stride", "300")

@@ -1,4 +1,5 @@
-"""Small-object / hole removal by area, morphological closing, and centre-keep stitching."""
+"""Tests of cropmap.maps.cleanup: small-object / hole removal by area and morphological closing, in bands as
+on the whole map, and fill_hole.py's checks of their flags."""
 
 import subprocess
 import sys
@@ -13,7 +14,6 @@ from cropmap.raster import read_png, write_png
 from cropmap.maps.postprocess import fill_map
 from cropmap.raster.bands import iter_banded
 from cropmap.raster import IGNORE
-from cropmap.predict.stitch import BandStitcher, centre_window
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -118,56 +118,3 @@ def test_fill_hole_cli_area_needs_min_area(tmp_path):
     r = subprocess.run([sys.executable, str(ROOT / "fill_hole.py"), "--input", str(tmp_path / "m.png"), "--source",
                         str(tmp_path / "s.png"), "--method", "area", "--quiet"], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 2 and "--min_area" in r.stderr and "Traceback" not in r.stderr
-
-
-# ---- centre-keep stitching ----------------------------------------------------------------------------
-
-
-def test_centre_window():
-    w = centre_window(8, 4, floor=1e-4)
-    assert (w[2:6, 2:6] == 1).all() and w[0, 0] == pytest.approx(1e-8) and w[0, 4] == pytest.approx(1e-4)
-
-
-def test_centre_blend_takes_each_pixel_from_the_window_centred_on_it():
-    """Windows of 16 every 8 px, each predicting its own index: pixels follow the window whose centre holds them."""
-    h, w, tile, stride = 40, 40, 16, 8
-    out = np.zeros((h, w), np.uint8)
-
-    def sink(y, labels, probs):
-        out[y : y + len(labels)] = labels.cpu().numpy()
-
-    ys = [0, 8, 16, 24]
-    xs = [0, 8, 16, 24]
-    n = len(ys) * len(xs)
-    st = BandStitcher(h, w, n, tile, sink, blend="centre", blend_options={"keep": stride})
-    valid = np.ones((tile, tile), bool)
-    for i, y in enumerate(ys):
-        for j, x in enumerate(xs):
-            p = np.zeros((n, tile, tile), np.float32)
-            p[i * len(xs) + j] = 1
-            st.add(y, x, p, valid)
-    st.finish()
-    for i, y in enumerate(ys):
-        for j, x in enumerate(xs):
-            k = i * len(xs) + j
-            assert (out[y + 4 : y + 12, x + 4 : x + 12] == k).all()  # the window's central 8x8 square
-    assert (out[:4, :4] == 0).all()  # the image's corner: only window 0 covers it
-
-
-def test_fill_hole_cli_named_maps(tmp_path):
-    """--name / --output_name: fill IMAGE_predict_NAME.png of several images into IMAGE_predict_OUT.png."""
-    src_dir = tmp_path / "jingwei_round1_test_a_20190619"
-    m = np.zeros((20, 20), np.uint8)
-    m[2:18, 2:18] = 2
-    m[8:10, 8:10] = 1  # a 4-px object: removed with --min_area 5
-    for im in ("image_3", "image_4"):
-        write_png(src_dir / f"{im}.png", np.full((20, 20, 4), 255, np.uint8))
-        write_png(tmp_path / "submit" / f"{im}_predict_v.png", m)
-    r = subprocess.run([sys.executable, str(ROOT / "fill_hole.py"), "--data_root", str(tmp_path), "--images", "image_3",
-                        "image_4", "--name", "v", "--output_name", "v_area", "--method", "area", "--min_area", "5",
-                        "--quiet"], capture_output=True, text=True, cwd=ROOT)
-    assert r.returncode == 0, r.stderr
-    for im in ("image_3", "image_4"):
-        np.testing.assert_array_equal(read_png(tmp_path / "submit" / f"{im}_predict_v.png"), m)  # input kept
-        out = read_png(tmp_path / "submit" / f"{im}_predict_v_area.png")
-        assert (out[8:10, 8:10] == 2).all() and (out[m != 1] == m[m != 1]).all()

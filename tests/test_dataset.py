@@ -1,5 +1,5 @@
-"""Tests of cropmap.data.dataset: augmentations keep image and label aligned, padding, normalisation,
-the tiles.csv data set and its errors, the seeded multi-scale sampler and oversampling."""
+"""Tests of cropmap.data.dataset: augmentations keep image and label aligned, padding, the tiles.csv data set
+and its errors (with colour jitter or another acquisition), the seeded multi-scale sampler and oversampling."""
 
 import csv
 from collections import Counter
@@ -11,7 +11,7 @@ import torch
 
 from _train_fixtures import make_tiles
 from cropmap.data import dataset as data
-from cropmap.data import normalize as norm
+from cropmap.data.dataset import TileDataset
 from cropmap.core.errors import InputError
 from cropmap.raster import IGNORE, write_png
 
@@ -82,24 +82,6 @@ def test_pad_to_multiple():
     assert img.shape == (64, 64, 3) and lab.shape == (64, 64)
     assert np.all(lab[40:] == IGNORE) and np.all(lab[:, 50:] == IGNORE) and np.all(lab[:40, :50] == 0)
     assert np.all(img[40:] == 0)
-
-
-def test_normalize_values():
-    mean = np.array(norm.IMAGENET_MEAN)
-    std = np.array(norm.IMAGENET_STD)
-    image = np.zeros((2, 3, 3), np.uint8)
-    image[0, 0] = 255
-    image[1, 2] = np.rint(mean * 255).astype(np.uint8)
-    x, _ = data.to_tensors(image, np.zeros((2, 3), np.uint8))
-    assert x.dtype == torch.float32 and x.shape == (3, 2, 3)
-    assert torch.allclose(x[:, 0, 0], torch.tensor((1 - mean) / std, dtype=torch.float32))
-    assert torch.allclose(x[:, 0, 1], torch.tensor(-mean / std, dtype=torch.float32))
-    assert torch.allclose(x[:, 1, 2], torch.zeros(3), atol=0.02)
-    # a batch of RGBA windows (prediction) is normalised the same way; alpha is dropped
-    rgba = np.concatenate([image, np.full((2, 3, 1), 7, np.uint8)], axis=2)
-    batch = torch.from_numpy(np.stack([rgba, rgba])).permute(0, 3, 1, 2)
-    xb = norm.normalize(batch)
-    assert xb.shape == (2, 3, 2, 3) and torch.equal(xb[1], x)
 
 
 def test_dataset_train_and_val(tmp_path):
@@ -205,3 +187,26 @@ def test_weighted_sampler_draws_rare_tiles_more_often():
         s.set_epoch(epoch)
         counts.update(k for b in s for k, _, _ in b)
     assert counts[10] > 3 * np.mean([counts[i] for i in range(10)])
+
+
+# ---- colour jitter and another acquisition through the data set ---------------------------------
+
+
+def test_dataset_jitter_keeps_labels_and_nodata(tmp_path):
+    root = make_tiles(tmp_path, n_train=4, n_val=1)
+    plain = TileDataset(root, "train", augment=True, crop_size=64, scale_range=(1, 1))
+    jitter = TileDataset(root, "train", augment=True, crop_size=64, scale_range=(1, 1), color_jitter=0.08)
+    acquisition = TileDataset(root, "train", augment=True, crop_size=64, scale_range=(1, 1), acquisition_jitter=0.15)
+    for i in range(4):
+        key = (i, 64, 1234 + i)
+        (x0, y0), (x1, y1) = plain[key], acquisition[key]
+        assert torch.equal(y0, y1)
+        assert torch.equal(x0[:, y0 == IGNORE], x1[:, y0 == IGNORE])
+        assert not torch.equal(x0[:, y0 != IGNORE], x1[:, y0 != IGNORE])
+    for i in range(4):
+        key = (i, 64, 1234 + i)
+        (x0, y0), (x1, y1) = plain[key], jitter[key]
+        assert torch.equal(y0, y1)  # same geometry, same labels
+        ignored = y0 == IGNORE
+        assert torch.equal(x0[:, ignored], x1[:, ignored])  # no-data pixels identical (black)
+        assert not torch.equal(x0[:, ~ignored], x1[:, ~ignored])

@@ -1,5 +1,5 @@
-"""Weighted ensembling: sidecars naming the checkpoint, per-class weights, the weighted vote, validation
-images, and run_pipeline's choice of the final stage on validation data."""
+"""Weighted ensembling (cropmap.maps.ensemble): sidecars naming the checkpoint, per-class weights, the weighted
+vote (also through vote.py --weights), validation images."""
 
 import json
 import subprocess
@@ -13,7 +13,7 @@ from cropmap.maps import ensemble
 from cropmap.core.errors import InputError
 from cropmap.raster import read_png, write_png
 from cropmap.core.metrics import ConfusionMatrix
-from cropmap.maps.postprocess import vote_maps, vote_strip
+from cropmap.maps.postprocess import vote_strip
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -179,19 +179,3 @@ def test_val_image_keeps_only_validation_tiles(tmp_path):
     assert (out[~keep] == 0).all()
     np.testing.assert_array_equal(lab, np.where(keep, label, 0))
     assert share == pytest.approx(keep.mean())
-
-
-# ---- run_pipeline's choice ------------------------------------------------------------------------------
-
-
-def test_final_stage_is_chosen_on_validation_only():
-    import run_pipeline
-
-    rows = [
-        {"key": "m1", "val": 0.60, "test": 0.50, "candidate": True},
-        {"key": "vote", "val": 0.65, "test": 0.40, "candidate": True},  # best on validation, worse on test
-        {"key": "m2", "val": 0.55, "test": 0.90, "candidate": True},
-        {"key": "plain", "val": None, "test": 0.99, "candidate": False},
-    ]
-    assert run_pipeline.choose(rows, "val")["key"] == "vote"  # test scores play no part
-    assert run_pipeline.choose([r for r in rows if r["key"] != "vote"], "val")["key"] == "m1"

@@ -1,4 +1,5 @@
-"""fill_hole: both methods on hand-made maps with known answers, banding, and the CLI's errors."""
+"""fill_hole: both methods on hand-made maps with known answers, banding, and the CLI: named maps of several
+images, its errors."""
 
 import subprocess
 import sys
@@ -175,3 +176,22 @@ def test_cli_in_place_and_size_error(tmp_path):
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and "differs" in r.stderr
     assert not (tmp_path / "o.png").exists()
+
+
+def test_fill_hole_cli_named_maps(tmp_path):
+    """--name / --output_name: fill IMAGE_predict_NAME.png of several images into IMAGE_predict_OUT.png."""
+    src_dir = tmp_path / "jingwei_round1_test_a_20190619"
+    m = np.zeros((20, 20), np.uint8)
+    m[2:18, 2:18] = 2
+    m[8:10, 8:10] = 1  # a 4-px object: removed with --min_area 5
+    for im in ("image_3", "image_4"):
+        write_png(src_dir / f"{im}.png", np.full((20, 20, 4), 255, np.uint8))
+        write_png(tmp_path / "submit" / f"{im}_predict_v.png", m)
+    r = subprocess.run([sys.executable, str(ROOT / "fill_hole.py"), "--data_root", str(tmp_path), "--images", "image_3",
+                        "image_4", "--name", "v", "--output_name", "v_area", "--method", "area", "--min_area", "5",
+                        "--quiet"], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    for im in ("image_3", "image_4"):
+        np.testing.assert_array_equal(read_png(tmp_path / "submit" / f"{im}_predict_v.png"), m)  # input kept
+        out = read_png(tmp_path / "submit" / f"{im}_predict_v_area.png")
+        assert (out[8:10, 8:10] == 2).all() and (out[m != 1] == m[m != 1]).all()

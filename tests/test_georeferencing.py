@@ -17,13 +17,13 @@ import predict
 import score
 import vote
 from _cog import cog_problems
+from _oracle import STEP, oracle
 from _small_data import fake_checkpoints
 from cropmap.core.errors import InputError
 from cropmap.core.layout import TEST_SOURCE_DIR
 from cropmap.raster import iter_strips, raster_info
 from test_geotiff import write_tif
 from test_polygonize import components, read_fields
-from test_predict import STEP, oracle
 
 CRS = "EPSG:32633"
 TRANSFORM = rasterio.Affine(0.5, 0.0, 350_000.0, 0.0, -0.5, 5_200_000.0)

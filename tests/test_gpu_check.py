@@ -1,21 +1,17 @@
-"""bench/gpu_check.py without a GPU: the plan it runs on CUDA, and how it runs and reports steps.
+"""bench.gpu_check without a GPU: the plan it runs on CUDA, and how it runs and reports steps.
 
-The whole check on the CPU (``python bench/gpu_check.py --device cpu``, about 5 CPU-minutes) is run by hand.
+The whole check on the CPU (``python -m bench.gpu_check --device cpu``, about 5 CPU-minutes) is run by hand.
 """
 
-import importlib.util
+import importlib
 import json
 import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def load_gpu_check():
-    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "bench" / "gpu_check.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from bench import gpu_check
+
+    return gpu_check
 
 
 def test_cuda_plan_runs_every_entry_on_the_gpu(tmp_path):
@@ -50,7 +46,7 @@ def test_steps_table_failures_and_skips(tmp_path):
     script.write_text("import sys\nprint('hello from', sys.argv[1])\n")
     py = sys.executable
     steps = [
-        dict(name="ok", cmd=[py, str(ROOT / "bench" / "gpu_check.py"), gc.STEP_FLAG, str(script), "x"],
+        dict(name="ok", cmd=[py, "-m", "bench.gpu_check", gc.STEP_FLAG, str(script), "x"],
              expect=r"hello from x"),
         dict(name="exit 3", cmd=[py, "-c", "import sys; sys.exit(3)"]),
         dict(name="needs exit 3", cmd=[py, "-c", "pass"], needs=["exit 3"]),
@@ -70,10 +66,7 @@ def test_steps_table_failures_and_skips(tmp_path):
 
 
 def _load_bench(name):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module(f"bench.{name}")
 
 
 def test_cuda_speed_plan_parses_with_the_benchmarks_flags(tmp_path):
@@ -85,7 +78,7 @@ def test_cuda_speed_plan_parses_with_the_benchmarks_flags(tmp_path):
     for name, bench in [("speed training", "train"), ("speed prediction", "predict")]:
         step = next(s for n, s in steps.items() if n.replace(":", "") == name)
         cmd = step["cmd"]
-        assert cmd[1] == f"bench/{bench}.py" and "--amp" in cmd and cmd[cmd.index("--device") + 1] == "cuda"
-        parsed = _load_bench(bench).get_args_parser().parse_args(cmd[2:])
+        assert cmd[1:3] == ["-m", f"bench.{bench}"] and "--amp" in cmd and cmd[cmd.index("--device") + 1] == "cuda"
+        parsed = _load_bench(bench).get_args_parser().parse_args(cmd[3:])
         assert parsed.device == "cuda" and parsed.amp and parsed.backbone == "resnet50"
     assert {"environment", "synthetic training set", "training tiles"} <= set(steps)

@@ -1,4 +1,5 @@
-"""Tests of losses/: focal and Lovasz-softmax against their definitions, and the criterion."""
+"""Tests of losses/: focal and Lovasz-softmax against their definitions, the criterion, edge-aware label
+smoothing, and losses on batches that miss a class."""
 
 import math
 
@@ -13,9 +14,11 @@ from losses import (
     FocalLoss,
     LovaszSoftmax,
     build_loss,
+    edge_smoothing_targets,
     focal_loss,
     lovasz_softmax,
 )
+from cropmap.raster import IGNORE
 
 
 def _batch(seed=0, shape=(2, 4, 5, 6), ignore_fraction=0.25, dtype=torch.float32):
@@ -226,3 +229,88 @@ def test_build_loss_gamma_and_errors():
         build_loss("dice")
     with pytest.raises(ValueError, match="target"):
         build_loss("ce")(out, labels[:, :4])
+
+
+# ---- edge-aware label smoothing -----------------------------------------------------------------
+
+
+def test_edge_smoothing_targets_hand_made_label():
+    # two classes side by side: columns 0..7 class 0, 8..14 class 2; one ignored pixel
+    t = torch.zeros(1, 15, 15, dtype=torch.long)
+    t[:, :, 8:] = 2
+    t[0, 3, 0] = IGNORE
+    q, valid = edge_smoothing_targets(t, 4, window=11, cap=0.2)
+    assert q.shape == (1, 4, 15, 15)
+    row = q[0, :, 7]  # middle row: windows span every row of the image (the ignored pixel, in column 0, not counted)
+    # column 0: the 11x11 window covers columns 0..5, all class 0 -> one-hot
+    assert torch.allclose(row[:, 0], torch.tensor([1.0, 0, 0, 0]))
+    # column 3: columns 0..8 -> 1 of 9 columns is class 2 (the ignored pixel sits in column 0, class 0 side)
+    share = 11 / (11 * 9 - 1)
+    assert torch.allclose(row[:, 3], torch.tensor([1 - share, 0, share, 0]), atol=1e-6)
+    # column 7, next to the border: columns 2..12, 5 of 11 are class 2 -> capped at 0.2
+    assert torch.allclose(row[:, 7], torch.tensor([0.8, 0, 0.2, 0]), atol=1e-6)
+    # column 8: the same on the other side
+    assert torch.allclose(row[:, 8], torch.tensor([0.2, 0, 0.8, 0]), atol=1e-6)
+    assert not valid[0, 3, 0] and torch.all(q[0, :, 3, 0] == 0)
+    assert torch.allclose(q.sum(1)[valid], torch.ones(int(valid.sum())))
+
+
+def test_edge_smoothing_spreads_over_the_classes_present():
+    t = torch.zeros(1, 11, 11, dtype=torch.long)
+    t[0, :, 8:] = 1
+    t[0, 8:, :] = 3  # a corner where three classes meet
+    q, _ = edge_smoothing_targets(t, 4, window=11, cap=0.5)
+    centre = q[0, :, 5, 5]  # window = the whole image: 121 pixels
+    counts = torch.tensor([float((t == c).sum()) for c in range(4)])
+    share_other = 1 - counts[0] / 121
+    assert share_other < 0.5  # under the cap: the target is the window's histogram
+    assert torch.allclose(centre, counts / 121, atol=1e-6)
+
+
+def test_edge_smoothed_ce_equals_ce_inside_parcels():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 4, 20, 20)
+    t = torch.full((2, 20, 20), 2, dtype=torch.long)  # one class everywhere: no border, no smoothing
+    t[1, :3] = IGNORE
+    smooth = build_loss("ce", aux_weight=0, label_smoothing="edge")(logits, t)
+    plain = build_loss("ce", aux_weight=0)(logits, t)
+    assert torch.allclose(smooth, plain, atol=1e-6)
+    focal_s = build_loss("focal", aux_weight=0, label_smoothing="edge")(logits, t)
+    focal = build_loss("focal", aux_weight=0)(logits, t)
+    assert torch.allclose(focal_s, focal, atol=1e-6)
+
+
+def test_edge_smoothing_rewards_soft_borders():
+    t = torch.zeros(1, 16, 16, dtype=torch.long)
+    t[0, :, 8:] = 1
+    q, _ = edge_smoothing_targets(t, 2)
+    loss = build_loss("ce", aux_weight=0, label_smoothing="edge")
+    confident = torch.where(t[:, None] == torch.arange(2)[None, :, None, None], 8.0, -8.0)
+    soft = torch.log(q.clamp_min(1e-4))  # logits whose softmax is the target itself
+    assert loss(soft, t) < loss(confident, t)  # over-confidence at the border costs more than matching q
+
+
+def test_lovasz_alone_cannot_be_smoothed():
+    with pytest.raises(ValueError, match="lovasz alone"):
+        build_loss("lovasz", label_smoothing="edge")
+
+
+# ---- classes missing from a batch -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["ce", "focal", "lovasz", "focal+lovasz"])
+@pytest.mark.parametrize("smoothing", ["none", "edge"])
+def test_losses_finite_when_a_class_is_missing(name, smoothing):
+    if name == "lovasz" and smoothing == "edge":
+        pytest.skip("not a valid combination")
+    torch.manual_seed(0)
+    logits = torch.randn(2, 4, 24, 24, requires_grad=True)
+    t = torch.randint(0, 3, (2, 24, 24))  # class 3 never appears
+    t[0, :4] = IGNORE
+    loss = build_loss(name, aux_weight=0.2, label_smoothing=smoothing)({"out": logits, "aux": logits}, t)
+    loss.backward()
+    assert math.isfinite(loss.item()) and loss.item() > 0
+    assert torch.isfinite(logits.grad).all()
+    # and a batch of ignored pixels only
+    empty = build_loss(name, aux_weight=0.2, label_smoothing=smoothing)(logits, torch.full((2, 24, 24), IGNORE))
+    assert empty.item() == 0.0

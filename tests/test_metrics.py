@@ -1,4 +1,5 @@
-"""Tests of cropmap.core.metrics: confusion-matrix IoU as the contract defines it."""
+"""Tests of cropmap.core.metrics: confusion-matrix IoU as the contract defines it, and classes absent from the
+labels reported as such."""
 
 import math
 
@@ -7,7 +8,7 @@ import pytest
 import torch
 
 import cropmap.core.metrics as metrics
-from cropmap.core.metrics import CLASS_NAMES, ConfusionMatrix, class_names, iou_from_confusion
+from cropmap.core.metrics import CLASS_NAMES, ConfusionMatrix, class_names, exclude_absent, iou_from_confusion
 
 # 10 pixels; the last has label 255 (ignored) and a prediction that must not be counted.
 LABELS = np.array([0, 0, 0, 1, 1, 2, 2, 2, 3, 255])
@@ -196,3 +197,21 @@ def test_table_lists_classes_and_means():
     assert lines[-2].startswith("mIoU_all (0..3)") and f"{(0.5 + 1 / 3 + 0.5) / 3:.4f}" in lines[-2]
     assert lines[-1].startswith("absent: coix")
     assert "0 class0" in ConfusionMatrix(3).table() and class_names(3) == ["class0", "class1", "class2"]
+
+
+# ---- classes missing from the validation set ----------------------------------------------------
+
+
+def test_absent_class_is_reported_not_zero():
+    cm = ConfusionMatrix(4)
+    label = np.array([0, 0, 1, 1, 2, 2], np.uint8)
+    pred = np.array([0, 3, 1, 1, 2, 2], np.uint8)  # class 3 predicted once, absent from the labels
+    cm.update(pred, label)
+    res = cm.compute()
+    assert res["absent"] == [3]
+    assert res["iou"][3] == 0.0  # the contract's metric: a false positive of an absent class
+    table = cm.table()
+    assert "absent" in table.splitlines()[4] and "0.0000" not in table.splitlines()[4]
+    assert "absent: coix" in table
+    kept = exclude_absent(res)
+    assert math.isnan(kept["iou"][3]) and kept["mIoU"] == pytest.approx(np.mean(res["iou"][1:3]))

@@ -1,5 +1,6 @@
-"""The input normalisation (``--input_norm``): each window standardised over its valid pixels, recorded in
-the checkpoint, repeated by prediction and evaluation, and kept by a resumed run of an older checkpoint."""
+"""Tests of cropmap.data.normalize: ImageNet's normalisation, the same for training tiles and prediction windows,
+and the input normalisation (``--input_norm``): each window standardised over its valid pixels, recorded in the
+checkpoint, repeated by prediction and evaluation, and kept by a resumed run of an older checkpoint."""
 
 import numpy as np
 import pytest
@@ -21,6 +22,24 @@ def _reference(rgb: np.ndarray, valid: np.ndarray) -> np.ndarray:
     out = (x - v.mean(0)) / (v.std(0) + norm.WINDOW_STD_FLOOR)
     out[~valid] = 0
     return out.transpose(2, 0, 1)
+
+
+def test_normalize_values():
+    mean = np.array(norm.IMAGENET_MEAN)
+    std = np.array(norm.IMAGENET_STD)
+    image = np.zeros((2, 3, 3), np.uint8)
+    image[0, 0] = 255
+    image[1, 2] = np.rint(mean * 255).astype(np.uint8)
+    x, _ = data.to_tensors(image, np.zeros((2, 3), np.uint8))
+    assert x.dtype == torch.float32 and x.shape == (3, 2, 3)
+    assert torch.allclose(x[:, 0, 0], torch.tensor((1 - mean) / std, dtype=torch.float32))
+    assert torch.allclose(x[:, 0, 1], torch.tensor(-mean / std, dtype=torch.float32))
+    assert torch.allclose(x[:, 1, 2], torch.zeros(3), atol=0.02)
+    # a batch of RGBA windows (prediction) is normalised the same way; alpha is dropped
+    rgba = np.concatenate([image, np.full((2, 3, 1), 7, np.uint8)], axis=2)
+    batch = torch.from_numpy(np.stack([rgba, rgba])).permute(0, 3, 1, 2)
+    xb = norm.normalize(batch)
+    assert xb.shape == (2, 3, 2, 3) and torch.equal(xb[1], x)
 
 
 def test_window_normalisation_per_image_and_channel_over_valid_pixels():
@@ -111,9 +130,9 @@ def test_checkpoint_records_the_normalisation_and_prediction_repeats_it(tmp_path
     write_png(tmp_path / "img.png", rgba)
     seen = []
 
-    def spy(*a, **kw):
-        seen.append(kw["input_norm"])
-        return real_predict(*a, **kw)
+    def spy(model, source, out, opts, **kw):
+        seen.append(opts.input_norm)
+        return real_predict(model, source, out, opts, **kw)
 
     monkeypatch.setattr(predict, "predict_from_source", spy)
     for ckpt, name in ((last, "new"), (legacy, "old")):

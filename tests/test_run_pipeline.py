@@ -1,4 +1,5 @@
-"""The whole pipeline end to end on a tiny synthetic data set: every hand-off between the scripts."""
+"""run_pipeline.py: the whole pipeline end to end on a tiny synthetic data set (every hand-off between the
+scripts), its defaults reaching the steps, and the choice of the final stage on validation data."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 import run_pipeline
+from cropmap.core.errors import InputError
 from cropmap.raster import read_png
 
 SRC = "jingwei_round1_test_a_20190619"
@@ -83,9 +85,9 @@ def test_pipeline_end_to_end(tmp_path):
         assert ck["args"]["input_norm"] == "window" and ck["args"]["val_every"] == 3
     assert len(list((root / "model").glob("*_best.pth"))) == 3
 
-    # bench/ensembles.py on the same run: its soft vote of all three models at power 1 is the pipeline's wsoft
+    # experiments.ensembles on the same run: its soft vote of all three models at power 1 is the pipeline's wsoft
     # stage (the same maps, scored by the same metric), and it leaves none of its own maps behind
-    from bench import ensembles
+    from experiments import ensembles
 
     ens = ensembles.main(ensembles.get_args_parser().parse_args(
         ["--data_root", str(root), "--models", *models, "--powers", "1", "3"]))
@@ -96,3 +98,66 @@ def test_pipeline_end_to_end(tmp_path):
     wsoft = rows[keys.index("wsoft")]
     assert ens[0]["val"] == wsoft["val"] and ens[0]["test"] == wsoft["test"]
     assert not list(submit.glob(f"*{ensembles.STAGE}*")) and not list((root / "val" / "submit").glob(f"*{ensembles.STAGE}*"))
+
+
+def test_pipeline_defaults_reach_the_steps(tmp_path, monkeypatch):
+    """The pipeline's small-budget defaults reach the scripts: AdamW at 1e-3 (0.03 with SGD), each window
+    standardised on its own, validation every third epoch, DeepLabv3 6 epochs of 256-px crops and the U-Net 5
+    of 96-px crops, no radiometric matching of the maps (the flag reaches them), test windows every 3/4 of their
+    side; a stride wider than the windows is refused before any step runs."""
+    import run_pipeline
+
+    def commands_of(*flags):
+        commands = []
+        monkeypatch.setattr(run_pipeline, "run", commands.append)
+        monkeypatch.setattr(run_pipeline, "copy_atomic", lambda src, dst: None)
+        args = run_pipeline.get_args_parser().parse_args(["--data_root", str(tmp_path), "--quiet",
+                                                          "--test_images", str(tmp_path / "t.png"), *flags])
+        run_pipeline.main(args)
+        return commands
+
+    def value(cmd, flag):
+        return cmd[cmd.index(flag) + 1]
+
+    commands = commands_of()
+    trains = [c for c in commands if "--train" in c]
+    assert len(trains) == 3 and all(value(c, "--optimizer") == "adamw" and value(c, "--base_lr") == "0.001" for c in trains)
+    predicts = [c for c in commands if c[0] == "predict.py"]
+    assert all(value(c, "--input_norm") == "window" and value(c, "--val_every") == "3" for c in trains)
+    assert all("--ema" not in c for c in trains)  # the last weights by default (the average did not help)
+    assert all(value(c, "--ema") == "0.95" for c in commands_of("--ema", "0.95") if "--train" in c)
+    swa = [c for c in commands_of("--models", "deeplabv3_swa", "unet", "--ema", "0.95") if "--train" in c]
+    assert [c[0] for c in swa if "--ema" in c] == ["Unet_resnet34/train.py"]  # SWA keeps its own average
+    # the demo's budget: DeepLabv3 6 epochs of 256-px crops, the U-Net 5 epochs of 96-px crops
+    crops = {value(c, "--exp"): (value(c, "--epochs"), value(c, "--crop_size")) for c in trains}
+    assert crops == {"demo_ce": ("6", "256"), "demo_focal": ("6", "256"), "demo_unet": ("5", "96")}
+    assert predicts and all(value(c, "--radiometry") == "none" for c in predicts)
+    # every model's maps with the 8 flips and rotations (validation and test alike: the single rows and the votes
+    # use them), the original's plain stitching without; no extra TTA stage unless --tta_check asks for another TTA
+    models_maps = [c for c in predicts if value(c, "--name") != "plain"]
+    assert len(models_maps) == 6 and all(value(c, "--tta") == "d4" for c in models_maps)
+    assert "--tta" not in [c for c in predicts if value(c, "--name") == "plain"][0]
+    assert all(value(c, "--tta") == "none" for c in commands_of("--tta", "none") if c[0] == "predict.py" and "--tta" in c)
+    other = commands_of("--radiometry", "histogram", "--input_norm", "imagenet")
+    assert all(value(c, "--input_norm") == "imagenet" for c in other if "--train" in c)
+    matched = [c for c in other if c[0] == "predict.py"]
+    assert matched and all(value(c, "--radiometry") == "histogram" for c in matched)
+    windows = [c for c in commands if c[0] == "generate_test_data.py"]
+    assert [value(c, "--stride") for c in windows[:2]] == ["192", "192"]  # validation and test; plain: 256
+    sgd = [c for c in commands_of("--optimizer", "sgd", "--tile_size", "128") if "--train" in c]
+    assert all(value(c, "--base_lr") == "0.03" for c in sgd)
+    with pytest.raises(InputError, match="--stride 300"):
+        commands_of("--stride", "300")
+
+
+def test_final_stage_is_chosen_on_validation_only():
+    import run_pipeline
+
+    rows = [
+        {"key": "m1", "val": 0.60, "test": 0.50, "candidate": True},
+        {"key": "vote", "val": 0.65, "test": 0.40, "candidate": True},  # best on validation, worse on test
+        {"key": "m2", "val": 0.55, "test": 0.90, "candidate": True},
+        {"key": "plain", "val": None, "test": 0.99, "candidate": False},
+    ]
+    assert run_pipeline.choose(rows, "val")["key"] == "vote"  # test scores play no part
+    assert run_pipeline.choose([r for r in rows if r["key"] != "vote"], "val")["key"] == "m1"

@@ -1,4 +1,6 @@
-"""Tests of the training loop (cropmap.train.engine), its five entry scripts and cropmap.train.checkpoint.
+"""Tests of the training loop (cropmap.train.engine), its five entry scripts and cropmap.train.checkpoint: the
+training flags (warm-up, colour jitter, edge smoothing, AdamW), a class absent from validation, the training
+tiles' statistics in the checkpoint.
 
 Everything runs on the CPU with ResNet-18 DeepLabv3 (ResNet-34 U-Net for its script) on tiny
 coloured-stripe tiles (tests/_train_fixtures.py), a few iterations each.
@@ -6,6 +8,7 @@ coloured-stripe tiles (tests/_train_fixtures.py), a few iterations each.
 
 import csv
 import importlib
+import math
 import os
 import subprocess
 import sys
@@ -22,31 +25,14 @@ from cropmap.train import checkpoint as ckpt
 from cropmap.train import engine
 from cropmap.core.cli import run_cli
 from cropmap.core.errors import InputError
+from cropmap.raster import IGNORE
 from models import UNetResNet
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ["train", "train_focalloss", "train_swa", "train_multiscale", "Unet_resnet34.train"]
 
 
-@pytest.fixture(autouse=True)
-def keep_thread_count():
-    """The runs use ``--threads 1`` (much faster on a shared, busy CPU); give other tests theirs back."""
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def tiles(tmp_path_factory):
-    return make_tiles(tmp_path_factory.mktemp("tiles"), n_train=12, n_val=3, size=64)
-
-
-def data_root(tmp_path: Path, tiles: Path, name: str = "run") -> Path:
-    """A fresh data root whose train/ is the shared fixture tiles (so model/ and logs are per test)."""
-    root = tmp_path / name
-    root.mkdir()
-    os.symlink(tiles / "train", root / "train", target_is_directory=True)
-    return root
+TILES = dict(n_train=12, n_val=3, size=64)  # the module's shared training tiles (conftest.py: tiles, data_root)
 
 
 def run_script(module: str, root: Path, *extra: str, hooks=None):
@@ -158,11 +144,11 @@ def test_learns_a_trivial_pattern(tmp_path):
     assert history[-1]["train_loss"] < 0.75 * history[0]["train_loss"]
 
 
-def test_each_script_end_to_end(tiles, tmp_path, probe):
+def test_each_script_end_to_end(data_root, probe):
     """The five scripts train, validate and write checkpoints that rebuild the right model; the validation
     metrics are those of an independent computation; --amp runs the forward in bf16 (train and eval)."""
     for module in SCRIPTS:
-        root = data_root(tmp_path, tiles, module)
+        root = data_root(module)
         extra = ["--epochs", "1", "--iters_per_epoch", "2", "--crop_size", "32"]
         amp = module == "train_multiscale"
         if module == "train_swa":
@@ -223,8 +209,8 @@ class Recorder(engine.Hook):
             self.snapshots.append({k: v.detach().clone() for k, v in trainer.model.named_parameters()})
 
 
-def test_swa_saves_the_average(tiles, tmp_path):
-    root = data_root(tmp_path, tiles, "swa")
+def test_swa_saves_the_average(data_root):
+    root = data_root("swa")
     rec = Recorder(start=1)
     run_script("train_swa", root, "--epochs", "3", "--iters_per_epoch", "2", "--crop_size", "32",
                "--swa_start", "2", "--swa_lr", "0.005", "--swa_anneal_epochs", "1", "--val_every", "0",
@@ -259,10 +245,10 @@ class StepRecorder(engine.Hook):
         self.states.append({k: v.detach().clone() for k, v in trainer.model.state_dict().items()})
 
 
-def test_ema_saves_the_moving_average(tiles, tmp_path):
+def test_ema_saves_the_moving_average(data_root):
     """--ema 0.6: the saved model is the warmed-up EMA of every step's state, recomputed here from the
     recorded states in float64; BatchNorm running statistics are averaged too, the counter copied."""
-    root = data_root(tmp_path, tiles, "ema")
+    root = data_root("ema")
     rec = StepRecorder()
     run_script("train", root, "--epochs", "2", "--iters_per_epoch", "3", "--crop_size", "32",
                "--val_every", "0", "--ema", "0.6", hooks=[rec])
@@ -283,9 +269,9 @@ def test_ema_saves_the_moving_average(tiles, tmp_path):
     assert int(state["model"]["backbone.bn1.num_batches_tracked"]) == 6
 
 
-def test_ema_resume_gives_the_same_average(tiles, tmp_path):
+def test_ema_resume_gives_the_same_average(data_root):
     common = ["--epochs", "3", "--iters_per_epoch", "2", "--crop_size", "32", "--val_every", "0", "--ema", "0.9"]
-    straight, killed = data_root(tmp_path, tiles, "a"), data_root(tmp_path, tiles, "b")
+    straight, killed = data_root("a"), data_root("b")
     run_script("train", straight, *common)
     with pytest.raises(KeyboardInterrupt):
         run_script("train", killed, *common, hooks=[Killer(epoch=2, iteration=0)])
@@ -297,8 +283,8 @@ def test_ema_resume_gives_the_same_average(tiles, tmp_path):
         assert torch.equal(value, b["model"][name]), name
 
 
-def test_ema_and_swa_are_exclusive(tiles, tmp_path, capsys):
-    root = data_root(tmp_path, tiles, "both")
+def test_ema_and_swa_are_exclusive(data_root, capsys):
+    root = data_root("both")
     mod = importlib.import_module("train_swa")
     args = mod.get_args_parser().parse_args(tiny_args(root, "--ema", "0.9"))
     assert run_cli(mod.main, args) != 0
@@ -331,12 +317,12 @@ def as_if_written_on_a_gpu(path: Path) -> None:
         ser.location_tag = tag
 
 
-def test_resume_gives_the_same_weights(tiles, tmp_path):
+def test_resume_gives_the_same_weights(data_root):
     """SWA run of 4 epochs straight vs. killed in epoch 4 and resumed from _last.pth: identical weights,
     also when the checkpoint was written on a GPU and the run resumes on the CPU."""
     common = ["--epochs", "4", "--iters_per_epoch", "2", "--crop_size", "32", "--swa_start", "3",
               "--swa_anneal_epochs", "1", "--val_every", "0", "--scales", "32,64", "--batch_sizes", "4,2"]
-    straight, killed = data_root(tmp_path, tiles, "a"), data_root(tmp_path, tiles, "b")
+    straight, killed = data_root("a"), data_root("b")
     run_script("train_swa", straight, *common)
     with pytest.raises(KeyboardInterrupt):
         run_script("train_swa", killed, *common, hooks=[Killer(epoch=3, iteration=1)])
@@ -358,13 +344,13 @@ def test_resume_gives_the_same_weights(tiles, tmp_path):
 
 @pytest.mark.skipif(not hasattr(torch.__future__, "set_swap_module_params_on_conversion"),
                     reason="needs torch.__future__.set_swap_module_params_on_conversion (PyTorch >= 2.3)")
-def test_resume_on_a_gpu_keeps_random_states_on_the_cpu(tiles, tmp_path):
+def test_resume_on_a_gpu_keeps_random_states_on_the_cpu(data_root):
     """A run on a GPU resumes with its model and optimizer on the GPU and its random states on the CPU.
 
     'meta' stands in for the GPU: its tensors refuse ``.numpy()`` and ``.tolist()`` as CUDA tensors do,
     so a checkpoint mapped wholesale to the training device cannot restore the random states.
     """
-    root = data_root(tmp_path, tiles, "meta")
+    root = data_root("meta")
     run_script("train", root, "--epochs", "1", "--iters_per_epoch", "1", "--crop_size", "32", "--val_every", "0")
     last = root / "model" / "deeplabv3_resnet18_t_last.pth"
     saved = torch.load(last, weights_only=True)
@@ -446,8 +432,8 @@ def test_unreadable_tile_is_one_line_with_loader_workers(tiles, tmp_path, capsys
         path.write_bytes(good)
 
 
-def test_evaluate_mode_prints_the_iou_table(tiles, tmp_path, capsys):
-    root = data_root(tmp_path, tiles, "eval")
+def test_evaluate_mode_prints_the_iou_table(data_root, capsys):
+    root = data_root("eval")
     row = run_script("train", root, "--epochs", "1", "--iters_per_epoch", "1", "--crop_size", "32")
     capsys.readouterr()
     import train
@@ -501,11 +487,11 @@ def test_unet_script_runs_from_the_repo_root(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
-def test_ddp_two_cpu_processes(tiles, tmp_path):
+def test_ddp_two_cpu_processes(data_root):
     """torchrun with 2 gloo processes: both train their shard, rank 0 alone writes checkpoint and logs, and the
     validation the two processes share gives the metrics of one process validating the saved model alone;
     so does evaluating that checkpoint (without --train) with 2 processes."""
-    root = data_root(tmp_path, tiles, "ddp")
+    root = data_root("ddp")
     env = dict(os.environ, OMP_NUM_THREADS="1")
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     cmd = [*torchrun, "train.py", *tiny_args(root, "--epochs", "1", "--iters_per_epoch", "2", "--crop_size", "32")]
@@ -531,19 +517,85 @@ def test_ddp_two_cpu_processes(tiles, tmp_path):
         assert int(cells[-2]) == conf[c].sum() and abs(int(cells[-1]) - conf[:, c].sum()) <= 2, (name, cells, conf)
 
 
-def test_bench_train_reports_both_throughputs(tiles, capsys):
-    import importlib.util
+# ---- a class absent from the validation split ---------------------------------------------------
 
-    spec = importlib.util.spec_from_file_location("bench_train", ROOT / "bench" / "train.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    args = bench.get_args_parser().parse_args(
-        ["--data_root", str(tiles), "--backbone", "resnet18", "--device", "cpu", "--crop_size", "32",
-         "--batch_size", "2", "--workers", "1", "--threads", "1", "--iters", "2", "--warmup", "1", "--repeats", "1",
-         "--epoch_iters", "3", "--repeat_tiles", "2"])
-    result = bench.main(args)
-    assert result["full"] > 0 and result["bare"] > 0
-    assert result["loader_1"] > 0 and result["loader_n"] > 0 and result["epoch"] > 0
-    assert result["overhead_pct"] == pytest.approx(100 * (1 - result["full"] / result["bare"]))
-    assert "data pipeline overhead" in capsys.readouterr().out
-    assert not (tiles / "model").exists()  # the benchmark writes nothing
+
+def test_training_log_says_absent(tmp_path):
+    """A validation split without class 3: the log says 'absent', never NaN or 0, and mIoU ignores it."""
+    import csv
+
+    root = make_tiles(tmp_path, n_train=8, n_val=2, num_classes=4)
+    rows = list(csv.DictReader(open(root / "train" / "tiles.csv")))
+    from cropmap.raster import read_png, write_png
+
+    for r in rows:  # relabel class 3 as 2 in the validation tiles
+        if r["split"] == "val":
+            p = root / "train" / "label" / r["name"]
+            lab = read_png(p)
+            lab[lab == 3] = 2
+            write_png(p, lab)
+    args = engine.get_args_parser().parse_args(tiny_args(root, "--epochs", "1", "--iters_per_epoch", "2"))
+    row = engine.main(args)
+    assert row["iou_coix"] == "absent"
+    assert not math.isnan(row["mIoU"])
+    log = (root / "model" / "deeplabv3_resnet18_t" / "log.csv").read_text()
+    assert "absent" in log and "nan" not in log.split("\n")[1].split(",")[5:9]
+    state = torch.load(root / "model" / "deeplabv3_resnet18_t_last.pth", weights_only=True)
+    assert state["metrics"]["absent"] == [3]
+
+
+# ---- learning-rate warm-up and the training tricks' flags ---------------------------------------
+
+
+def test_warmup_then_poly():
+    f = engine.lr_factor(100, 0.9, warmup_iters=10)
+    assert f(0) == pytest.approx(0.1 * (1 - 0 / 100) ** 0.9)
+    assert f(4) == pytest.approx(0.5 * (1 - 4 / 100) ** 0.9)
+    assert f(9) == pytest.approx((1 - 9 / 100) ** 0.9)
+    assert f(50) == pytest.approx(0.5**0.9)
+    assert engine.lr_factor(100, 0.9)(0) == 1.0
+
+
+def test_new_training_flags_run(tmp_path):
+    root = make_tiles(tmp_path, n_train=8, n_val=2)
+    args = engine.get_args_parser().parse_args(tiny_args(
+        root, "--epochs", "1", "--iters_per_epoch", "2", "--warmup_iters", "4", "--color_jitter", "0.08",
+        "--label_smoothing", "edge", "--loss", "focal+lovasz"))
+    trainer = engine.Trainer(args)
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.01 / 4)
+    assert trainer.train_set.color_jitter == 0.08
+    row = trainer.fit()
+    assert math.isfinite(row["train_loss"])
+
+
+def test_adamw_optimizer_flag(tmp_path):
+    root = make_tiles(tmp_path, n_train=8, n_val=2)
+    args = engine.get_args_parser().parse_args(tiny_args(root, "--epochs", "1", "--iters_per_epoch", "1",
+                                                         "--optimizer", "adamw", "--base_lr", "0.001"))
+    trainer = engine.Trainer(args)
+    assert isinstance(trainer.optimizer, torch.optim.AdamW)
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    trainer.fit()
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))
+    assert engine.Trainer(engine.get_args_parser().parse_args(tiny_args(root))).optimizer.__class__ is torch.optim.SGD
+
+
+# ---- the training tiles' statistics in the checkpoint --------------------------------------------
+
+
+def test_checkpoint_carries_training_tile_stats(tmp_path):
+    root = make_tiles(tmp_path, n_train=8, n_val=2)
+    args = engine.get_args_parser().parse_args(tiny_args(root, "--epochs", "1", "--iters_per_epoch", "1"))
+    engine.main(args)
+    state = torch.load(root / "model" / "deeplabv3_resnet18_t_last.pth", weights_only=True)
+    stats = state["input_stats"]
+    from cropmap.raster import read_png
+    import csv
+
+    rows = [r for r in csv.DictReader(open(root / "train" / "tiles.csv")) if r["split"] == "train"]
+    pix = np.concatenate([read_png(root / "train" / "data" / r["name"])[read_png(root / "train" / "label" / r["name"]) != IGNORE]
+                          for r in rows])
+    np.testing.assert_allclose(stats["mean"], pix.mean(0), rtol=1e-9)
+    np.testing.assert_allclose(stats["std"], pix.std(0), rtol=1e-9)
+    for c in range(3):  # and the histograms that --radiometry histogram matches
+        assert stats["hist"][c] == np.bincount(pix[:, c], minlength=256).tolist()

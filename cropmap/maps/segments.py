@@ -15,7 +15,7 @@ share of edge pixels.
 Streaming: both passes read the map and the source in strips; the vote runs on bands of ``band_rows``
 rows with ``halo`` rows of context above and below (a segment taller than that is voted on the part of
 it the band sees). Memory: about ``(band_rows + 2 * halo) * W * 20`` bytes (map, RGBA, gradient, mask,
-labels, and the buffer while the next rows are read; bench/fill.py).
+labels, and the buffer while the next rows are read; python -m bench.fill).
 """
 
 from __future__ import annotations

@@ -1,0 +1,1 @@
+"""Maintenance commands of the repository (``python -m tools.NAME``), run by hand or checked by tests."""
