@@ -53,26 +53,30 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         "of every class take their neighbours' majority class) or close (morphological closing of each "
                         "crop class, --radius) or segments (each image segment takes its majority class, --edge_percentile) "
                         "(default: %(default)s)")
-    p.add_argument("--max_hole", type=nonneg_int, default=250_000,
+    g = p.add_argument_group("morph and area")
+    g.add_argument("--max_hole", type=nonneg_int, default=250_000,
                    help="morph: largest hole area filled, in pixels (250000: a 500x500 square) (default: %(default)s)")
-    p.add_argument("--min_area", type=nonneg_int, default=0,
+    g.add_argument("--min_area", type=nonneg_int, default=0,
                    help="morph: crop islands smaller than this many pixels take the class around them; area: regions "
                         "of any class smaller than this take their neighbours' majority class; 0: off "
                         "(default: %(default)s)")
-    p.add_argument("--radius", type=nonneg_int, default=3,
-                   help="close: radius in pixels of the elliptical closing kernel (default: %(default)s)")
-    p.add_argument("--edge_percentile", type=percent, default=70.0,
-                   help="segments: share in %% of valid pixels that are inside pixels (the weakest gradients); the "
-                        "rest are edges, which keep their class (default: %(default)s)")
-    p.add_argument("--edge_sigma", type=nonneg_float, default=1.0,
-                   help="segments: Gaussian smoothing in px of the source before its gradient (default: %(default)s)")
-    experimental_group(p).add_argument("--min_share", type=fraction, default=0.5,
-                   help="segments: a segment is voted only when its majority class holds at least this share of "
-                        "its pixels (default: %(default)s)")
-    p.add_argument("--sizes", type=positive_int, nargs="+", default=[500, 400],
-                   help="square: window sides, applied in turn (default: 500 400)")
-    p.add_argument("--stride", type=positive_int, default=50,
-                   help="square: window step; must divide every size (default: %(default)s)")
+    p.add_argument_group("close").add_argument(
+        "--radius", type=nonneg_int, default=3, help="closing: radius in pixels of its elliptical kernel (default: %(default)s)")
+    g = p.add_argument_group("segments")
+    g.add_argument("--edge_percentile", type=percent, default=70.0,
+                   help="segment vote: share in %% of valid pixels inside segments (the weakest gradients); the rest are "
+                        "edges, which keep their class (default: %(default)s)")
+    g.add_argument("--edge_sigma", type=nonneg_float, default=1.0,
+                   help="Gaussian smoothing in px of the source before its gradient (default: %(default)s)")
+    experimental_group(p).add_argument(
+        "--min_share", type=fraction, default=0.5,
+        help="segments: a segment is voted only when its majority class holds at least this share of its pixels "
+             "(default: %(default)s)")
+    g = p.add_argument_group("square")
+    g.add_argument("--sizes", type=positive_int, nargs="+", default=[500, 400],
+                   help="window sides, applied in turn (default: 500 400)")
+    g.add_argument("--stride", type=positive_int, default=50,
+                   help="window step; must divide every size (default: %(default)s)")
     p.add_argument("--band_rows", type=positive_int, default=1024,
                    help="morph, area, close, segments: rows per band; memory is about 12 bytes x width x band_rows "
                         "(map, int32 component labels, masks), more while a region taller than the band is pending; "

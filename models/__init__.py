@@ -73,4 +73,4 @@ def build_model(
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     if model == "deeplabv3":
         return build_deeplabv3(backbone, num_classes, pretrained, output_stride, aux)
-    return build_unet(backbone, num_classes, pretrained, aux)
+    return build_unet(backbone, num_classes=num_classes, pretrained=pretrained, aux=aux)

@@ -46,14 +46,9 @@ def check_output_stride(output_stride: int) -> None:
         raise ValueError(f"unsupported output_stride {output_stride!r}; valid: {OUTPUT_STRIDES}")
 
 
-def build_deeplabv3(
-    backbone: str,
-    num_classes: int = 4,
-    pretrained: str | os.PathLike | None = None,
-    output_stride: int = 16,
-    aux: bool = True,
-) -> nn.Module:
-    """Build torchvision's DeepLabV3 on a dilated ResNet.
+def build_deeplabv3(backbone: str, num_classes: int, pretrained: str | os.PathLike | None, output_stride: int,
+                    aux: bool) -> nn.Module:
+    """Build torchvision's DeepLabV3 on a dilated ResNet (:func:`models.build_model` holds the defaults).
 
     Args:
         backbone: one of ``BACKBONES["deeplabv3"]``.

@@ -165,24 +165,15 @@ class UNetResNet(nn.Module):
 class Unet34_scSE_hyper(UNetResNet):  # noqa: N801 - the name the users know
     """The original ``Unet34_scSE_hyper``: :class:`UNetResNet` on ResNet-34 (BatchNorm bug fixed)."""
 
-    def __init__(
-        self,
-        num_classes: int = 4,
-        pretrained: str | os.PathLike | None = None,
-        aux: bool = True,
-        dropout: float = 0.0,
-    ) -> None:
-        super().__init__("resnet34", num_classes=num_classes, pretrained=pretrained, aux=aux, dropout=dropout)
+    def __init__(self, **options) -> None:
+        """``options``: those of :class:`UNetResNet` but the backbone (``num_classes``, ``pretrained``, ``aux``,
+        ``dropout``)."""
+        super().__init__("resnet34", **options)
 
 
-def build_unet(
-    backbone: str = "resnet34",
-    num_classes: int = 4,
-    pretrained: str | os.PathLike | None = None,
-    aux: bool = True,
-    dropout: float = 0.0,
-) -> UNetResNet:
-    """Build :class:`UNetResNet` (``Unet34_scSE_hyper`` for ``backbone="resnet34"``)."""
+def build_unet(backbone: str = "resnet34", **options) -> UNetResNet:
+    """Build :class:`UNetResNet` (``Unet34_scSE_hyper`` for ``backbone="resnet34"``); ``options`` and their
+    defaults are :class:`UNetResNet`'s (``num_classes``, ``pretrained``, ``aux``, ``dropout``)."""
     if backbone == "resnet34":
-        return Unet34_scSE_hyper(num_classes=num_classes, pretrained=pretrained, aux=aux, dropout=dropout)
-    return UNetResNet(backbone, num_classes=num_classes, pretrained=pretrained, aux=aux, dropout=dropout)
+        return Unet34_scSE_hyper(**options)
+    return UNetResNet(backbone, **options)
