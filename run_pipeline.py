@@ -31,14 +31,18 @@ from pathlib import Path
 
 import numpy as np
 
+from cropmap.core.budget import BUDGETS, DEFAULT_BUDGET, apply_budget, estimate_minutes, iterations
 from cropmap.core.cli import borrow_flags, experimental_group, forward_flags, positive_int, run_cli, warn
 
 from cropmap.core.errors import InputError
 from cropmap.core.files import atomic_path, check_output_dir, copy_atomic
 from cropmap.core.layout import (DEFAULT_TEST_IMAGES, DEFAULT_TRAIN_IMAGES, TEST_SOURCE_DIR,
-                                 TRAIN_SOURCE_DIR, checkpoint_path, label_path, map_path, map_suffix, model_dir,
-                                 source_path, submit_dir)
+                                 TRAIN_SOURCE_DIR, checkpoint_path, errors_path, label_path, map_path, map_suffix,
+                                 model_dir, preview_path, source_path, submit_dir, tiles_csv, train_dir)
 from cropmap.core.metrics import absent_classes, class_names, format_iou, iou_from_confusion
+from cropmap.data.tiling import read_tiles_csv
+from cropmap.raster import check_image
+from cropmap.raster.preview import write_map_preview
 
 ROOT = Path(__file__).resolve().parent
 
@@ -49,21 +53,15 @@ ZOO = {
     "deeplabv3_swa": ("train_swa.py", "deeplabv3", "swa"),
     "unet": ("Unet_resnet34/train.py", "unet", "unet"),
 }
-#: The three models of the ensemble by default, most trusted first (equal-vote ties go to the earliest).
-DEFAULT_MODELS = ("deeplabv3_ce", "deeplabv3_focal", "unet")
-#: ``(stage name, training script, model, experiment suffix)`` of the default models.
-MODELS = [(name, *ZOO[name]) for name in DEFAULT_MODELS]
 
 
 #: The pipeline's defaults where they differ from the scripts' (whose defaults are the original's, for long
-#: runs from pretrained weights on a GPU): a budget that trains three models from scratch on a CPU in
-#: minutes. Small tiles and crops, few epochs, AdamW, no rescaling (the synthetic classes differ by row
-#: spacing at one ground resolution), d4 TTA and shallow test-time BatchNorm adaptation of every model's
-#: maps, and clean-up sizes for maps of a few thousand pixels. experiments/ holds the measurements.
+#: runs from pretrained weights on a GPU), whatever the budget: AdamW (which learns fast from scratch), no
+#: rescaling, shallow test-time BatchNorm adaptation of every model's maps, and clean-up sizes for maps of a
+#: few thousand pixels. The flags that set a run's length come from ``--budget`` (:mod:`cropmap.core.budget`).
 PIPELINE_DEFAULTS = {
-    "tile_size": 256, "epochs": 6, "val_every": 3, "crop_size": 256, "optimizer": "adamw", "base_lr": None,
-    "scale_min": 1.0, "scale_max": 1.0, "backbone": "resnet18", "exp": "demo",
-    "tta": "d4", "adapt_bn": 8, "max_hole": 20000, "min_area": 400,
+    "optimizer": "adamw", "base_lr": None, "scale_min": 1.0, "scale_max": 1.0, "exp": "demo",
+    "adapt_bn": 8, "max_hole": 20000, "min_area": 400,
 }
 #: Flags passed on unchanged: to every training script, to every predict.py call, to the clean-ups.
 TRAIN_FLAGS = ["batch_size", "optimizer", "input_norm", "val_every", "scale_min", "scale_max"]
@@ -82,9 +80,15 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     from cropmap.train import engine
 
     d = PIPELINE_DEFAULTS
+    lengths = {k: None for k in BUDGETS[DEFAULT_BUDGET]}  # set by --budget unless typed
     p = argparse.ArgumentParser(description="Run every step of the pipeline and print a table of scores.",
                                 add_help=add_help)
     x = experimental_group(p)
+    p.add_argument("--budget", default=DEFAULT_BUDGET, choices=list(BUDGETS),
+                   help="how much work: quick (one model, at most 480 iterations, flip TTA: a map of 30 + 10 Mpx in "
+                        "under half an hour on a 2-core CPU), standard (three models voted, d4 TTA), full (ResNet-50, "
+                        "512-px tiles, 30 epochs: for a GPU); it sets the flags marked 'from --budget' that are not "
+                        "typed; the plan and its expected time are printed first (default: %(default)s)")
     g = p.add_argument_group("data")
     g.add_argument("--data_root", default="data", help="data root of the contract's layout (default: %(default)s)")
     g.add_argument("--synthetic", action="store_true",
@@ -97,20 +101,22 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--test_images", nargs="+", default=None,
                    help="test PNGs or GeoTIFFs, scored when NAME_label.png / .tif exists beside them "
                         "(default: image_3 image_4)")
-    borrow_flags(g, generate_train_data.get_args_parser(), ["tile_size"], tile_size=d["tile_size"])
+    borrow_flags(g, generate_train_data.get_args_parser(), ["tile_size"], tile_size=None)
     borrow_flags(g, generate_test_data.get_args_parser(), ["stride"])
     train = engine.get_args_parser()
     borrow_flags(g, train, ["num_classes", "seed"])
     g = p.add_argument_group("training (every model)")
-    g.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), choices=list(ZOO),
-                   help="the models of the ensemble, most trusted first (default: " + " ".join(DEFAULT_MODELS) + ")")
+    g.add_argument("--models", nargs="+", default=None, choices=list(ZOO),
+                   help="the models of the ensemble, most trusted first (default: %(default)s)")
     borrow_flags(g, train, ["epochs", "val_every", "iters_per_epoch", "batch_size", "crop_size", "optimizer",
                             "base_lr", "input_norm", "scale_min", "scale_max", "backbone", "exp", "threads",
-                            "device", "ema"], x, **{k: d[k] for k in ("epochs", "val_every", "crop_size", "optimizer",
-                                                                   "base_lr", "scale_min", "scale_max", "backbone",
-                                                                   "exp")})
-    g.add_argument("--unet_epochs", type=positive_int, default=5, help="epochs of the U-Net (default: %(default)s)")
-    g.add_argument("--unet_crop_size", type=positive_int, default=96,
+                            "device", "ema"], x, **{k: d[k] for k in ("optimizer", "base_lr", "scale_min",
+                                                                   "scale_max", "exp")}, **lengths)
+    g.add_argument("--max_iters", type=positive_int, default=None,
+                   help="at most this many iterations per model: fewer iterations per epoch when the epochs would "
+                        "pass it (default: %(default)s)")
+    g.add_argument("--unet_epochs", type=positive_int, default=None, help="epochs of the U-Net (default: %(default)s)")
+    g.add_argument("--unet_crop_size", type=positive_int, default=None,
                    help="U-Net training crop, a multiple of 32 (default: %(default)s)")
     g.add_argument("--unet_backbone", default="resnet34", help="U-Net encoder (default: %(default)s)")
     g.add_argument("--train_flags", default="",
@@ -118,7 +124,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         "(default: none)")
     g.add_argument("--skip_training", action="store_true", help="reuse the checkpoints of an earlier run")
     g = p.add_argument_group("maps (every model's, validation and test alike)")
-    borrow_flags(g, predict.get_args_parser(), PREDICT_FLAGS, x, tta=d["tta"], adapt_bn=d["adapt_bn"])
+    borrow_flags(g, predict.get_args_parser(), PREDICT_FLAGS, x, tta=None, adapt_bn=d["adapt_bn"])
     borrow_flags(g, vote.get_args_parser(), ["weight_power"], x)
     borrow_flags(g, fill_hole.get_args_parser(), ["max_hole", "min_area", "radius", "edge_percentile"],
                  max_hole=d["max_hole"], min_area=d["min_area"])
@@ -133,7 +139,14 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
             action.help = action.help.replace("%(default)s", "0.001 with adamw, 0.03 with sgd")
         elif action.dest == "stride":
             action.help = action.help.replace("half the window", "three quarters of --tile_size, a multiple of 8")
+        elif action.dest in lengths:
+            action.help = action.help.replace("%(default)s", "from --budget: " + ", ".join(
+                f"{b} {_shown(v[action.dest])}" for b, v in BUDGETS.items()))
     return p
+
+
+def _shown(value) -> str:
+    return "none" if value is None else " ".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
 def run(cmd: list[str]) -> None:
@@ -262,11 +275,20 @@ def train_models(args: argparse.Namespace, root: Path) -> dict[str, Path]:
         exp = f"{args.exp}_{suffix}"
         checkpoints[name] = checkpoint_path(model_dir(root), {"model": model, "backbone": backbone, "exp": exp}, "best")
         epochs = args.unet_epochs if unet else args.epochs
+        if args.max_iters and not args.iters_per_epoch and not args.skip_training:
+            _, cap = iterations(training_tiles(root), args.batch_size, epochs, args.max_iters)
+            common = [*common, "--iters_per_epoch", str(cap)] if cap else common
         ema = ["--ema", str(args.ema)] if args.ema and suffix != "swa" else []  # SWA saves its own average
         if not args.skip_training:
             run([script, "--train", *common, *ema, "--exp", exp, "--backbone", backbone, "--epochs", str(epochs),
                  "--save_every", str(epochs), "--crop_size", str(args.unet_crop_size if unet else args.crop_size)])
     return checkpoints
+
+
+def training_tiles(root: Path) -> int:
+    """The number of training tiles (split ``train``) that generate_train_data.py listed."""
+    path = tiles_csv(train_dir(root))
+    return sum(r["split"] == "train" for r in read_tiles_csv(path, ["split"])) if path.exists() else 0
 
 
 def predict_maps(args: argparse.Namespace, val: Split, test: Split, plain_root: Path,
@@ -351,8 +373,10 @@ def main(args: argparse.Namespace) -> list[dict]:
     t_start = time.perf_counter()
     root = Path(args.data_root).resolve()
     check_output_dir(root)
+    apply_budget(args, None)
     check_flags(args)
     train_images, test_images = make_sources(args, root)
+    print_plan(args, train_images, test_images)
     val, test, plain_root = cut_tiles(args, root, train_images, test_images)
     checkpoints = train_models(args, root)
     predict_maps(args, val, test, plain_root, checkpoints)
@@ -364,11 +388,46 @@ def main(args: argparse.Namespace) -> list[dict]:
     if tta_checked(args):
         table.add(f"{first} + TTA ({args.tta_check})", f"{first}_tta")
     best_single = choose(table.rows)
-    vote_candidates(args, table)
+    if len(args.models) > 1:
+        vote_candidates(args, table)
     cleanup_candidates(args, table, choose(table.rows))
     rows = finish(args, table, best_single)
+    final_pictures(test, args.num_classes)
     print(f"\npipeline finished in {(time.perf_counter() - t_start) / 60:.1f} min; maps in {test.submit}")
     return rows
+
+
+def model_kinds(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """``(model, backbone)`` of every model of ``--models``."""
+    return [(ZOO[m][1], args.unet_backbone if ZOO[m][1] == "unet" else args.backbone) for m in args.models]
+
+
+def print_plan(args: argparse.Namespace, train_images: list[str], test_images: list[Path]) -> None:
+    """The budget, what it trains and predicts, and the expected time, before any work."""
+    cap = f" (at most {args.max_iters} iterations each)" if args.max_iters else ""
+    plan = (f"budget {args.budget}: {', '.join(args.models)}; {args.epochs} epochs{cap}, {args.tile_size}-px tiles, "
+            f"{args.crop_size}-px crops, TTA {args.tta}")
+    try:
+        mpx = lambda paths: sum(i.height * i.width for i in map(check_image, paths)) / 1e6  # noqa: E731
+        train_mpx, test_mpx = mpx(train_images), mpx(test_images)
+    except InputError:  # a missing or bad source: the step that reads it says so
+        print(plan, flush=True)
+        return
+    minutes = estimate_minutes(args, model_kinds(args), train_mpx, test_mpx)
+    print(f"{plan}; {train_mpx:.1f} Mpx of training and {test_mpx:.1f} Mpx of test imagery: expected about "
+          f"{minutes:.0f} min on a 2-core CPU like the development machine (a GPU takes a fraction of that)",
+          flush=True)
+
+
+def final_pictures(test: Split, num_classes: int) -> None:
+    """A picture of every final test map with its legend: ``IMAGE_predict_errors.png`` (the map, and where it is
+    wrong as which class) where the image has a label, else ``IMAGE_predict_preview.png``."""
+    names = class_names(num_classes)
+    for image, src in zip(test.images, test.sources):
+        final, label = test.map(image, None), label_path(src)
+        out = errors_path(final) if label.exists() else preview_path(final)
+        write_map_preview(final, src, out, names, label if label.exists() else None)
+        print(f"picture of the final map: {out}")
 
 
 def finish(args: argparse.Namespace, table: Table, best_single: dict) -> list[dict]:

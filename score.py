@@ -15,13 +15,15 @@ import argparse
 import json
 import sys
 
-from cropmap.core.cli import add_map_args, run_cli
+from cropmap.core.cli import add_map_args, positive_int, run_cli
 
 from cropmap.core.errors import InputError
 from cropmap.core.files import atomic_path, check_output_file
 from cropmap.core.metrics import ConfusionMatrix
-from cropmap.core.layout import label_path, map_path, map_suffix, predict_source, submit_dir
+from cropmap.core.classes import class_names
+from cropmap.core.layout import errors_path, label_path, map_path, map_suffix, predict_source, submit_dir
 from cropmap.maps.scoring import score_dict, score_map
+from cropmap.raster.preview import write_map_preview
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -30,6 +32,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--label", default=None, help="label of --pred (default with --images: SOURCE_DIR/IMAGE_label.png)")
     p.add_argument("--source", default=None, help="source image of --pred, for its no-data mask (default with --images: SOURCE_DIR/IMAGE.png; without it every pixel counts)")
     p.add_argument("--json", default=None, help="also write the scores as JSON (iou, mIoU, mIoU_all, confusion) (default: none)")
+    p.add_argument("--errors", action="store_true",
+                   help="also write MAP_errors.png beside each map: the map over its image and, beside it, where it is "
+                        "wrong and as which class, each with a legend (needs the source)")
+    p.add_argument("--errors_size", type=positive_int, default=1024,
+                   help="with --errors: longest side of each of the two pictures (default: %(default)s)")
     add_map_args(p, "to score when --pred is not given; their scores add up into one")
     return p
 
@@ -46,9 +53,14 @@ def main(args: argparse.Namespace) -> dict:
                 for im, src in zip(args.images, sources)]
     if args.json:
         check_output_file(args.json)
+    if args.errors and any(source is None for _, _, source in jobs):
+        raise InputError("--errors needs the source image of each map (--source)")
     total = ConfusionMatrix(args.num_classes)
     for pred, label, source in jobs:
         cm = score_map(pred, label, source, args.num_classes, progress=not args.quiet)
+        if args.errors:
+            write_map_preview(pred, source, errors_path(pred), class_names(args.num_classes), label, args.errors_size)
+            print(f"{pred}: errors in {errors_path(pred)}")
         if len(jobs) > 1:
             print(f"{pred}: mIoU {cm.compute()['mIoU']:.4f}")
         total.merge(cm)

@@ -25,7 +25,9 @@ from cropmap.core.cli import nonneg_float, num_classes_int, run_cli
 from cropmap.core.errors import InputError
 from cropmap.core.layout import DEFAULT_TEST_IMAGES, DEFAULT_TRAIN_IMAGES, TEST_SOURCE_DIR, source_path
 from cropmap.core.metrics import iou_from_confusion
-from run_pipeline import DEFAULT_MODELS
+from cropmap.core.budget import BUDGETS
+
+DEFAULT_MODELS = BUDGETS["standard"]["models"]  # the models of a standard run_pipeline.py run
 
 STAGE = "bench_ens"
 

@@ -534,8 +534,9 @@ def test_pipeline_quiet_reaches_every_step(tmp_path, monkeypatch):
     commands = []
     monkeypatch.setattr(run_pipeline, "run", commands.append)
     monkeypatch.setattr(run_pipeline, "copy_atomic", lambda src, dst: None)  # no step ran: no map to copy
+    monkeypatch.setattr(run_pipeline, "final_pictures", lambda *a: None)  # no map to draw
     args = run_pipeline.get_args_parser().parse_args(["--data_root", str(tmp_path), "--quiet", "--skip_training",
-                                                      "--test_images", str(tmp_path / "t.png")])
+                                                      "--test_images", str(tmp_path / "t.png"), "--budget", "standard"])
     run_pipeline.main(args)
     scripts = {c[0] for c in commands}
     assert {"vote.py", "fill_hole.py", "predict.py", "generate_train_data.py"} <= scripts

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import run_pipeline
+from cropmap.core.budget import BUDGETS
 from cropmap.core.errors import InputError
 from cropmap.raster import read_png
 
@@ -20,14 +21,14 @@ SRC = "jingwei_round1_test_a_20190619"
 def test_pipeline_end_to_end(tmp_path):
     root = tmp_path / "data"
     args = run_pipeline.get_args_parser().parse_args([
-        "--synthetic", "--data_root", str(root), "--size", "700", "--tile_size", "128", "--epochs", "1",
+        "--synthetic", "--budget", "standard", "--data_root", str(root), "--size", "700", "--tile_size", "128", "--epochs", "1",
         "--unet_epochs", "1", "--iters_per_epoch", "2", "--batch_size", "2", "--crop_size", "96",
         "--unet_crop_size", "64", "--threads", "1", "--device", "cpu", "--quiet",
         "--max_hole", "500", "--tta_check", "flip", "--radiometry", "histogram",  # not the default: run it here too
     ])
     rows = run_pipeline.main(args)
     keys = [r["key"] for r in rows]
-    models = [m for m, *_ in run_pipeline.MODELS]
+    models = BUDGETS["standard"]["models"]
     assert keys[0] == "plain" and keys[1:4] == models and keys[4] == f"{models[0]}_tta"
     assert keys[5:8] == ["vote", "wvote", "wsoft"]
     assert len(rows) == 13 and rows[-1]["stage"].startswith("final map")
@@ -47,6 +48,8 @@ def test_pipeline_end_to_end(tmp_path):
         assert final.shape == label.shape and final.dtype == np.uint8 and final.max() < 4
         assert (final[src[..., 3] == 0] == 0).all()
         np.testing.assert_array_equal(final, read_png(submit / f"{image}_predict_{final_key}.png"))
+        picture = read_png(submit / f"{image}_predict_errors.png")  # the final map and its errors, legends under
+        assert picture.ndim == 3 and picture.shape[0] > 30 and picture.shape[1] > 2 * 30
         # the equal vote is the per-pixel majority of the three models, ties to the most trusted (the first):
         # with three voters that is the second's class where the last two agree, else the first's
         a, b, c = (read_png(submit / f"{image}_predict_{m}.png") for m in models)
@@ -111,8 +114,10 @@ def test_pipeline_defaults_reach_the_steps(tmp_path, monkeypatch):
         commands = []
         monkeypatch.setattr(run_pipeline, "run", commands.append)
         monkeypatch.setattr(run_pipeline, "copy_atomic", lambda src, dst: None)
+        monkeypatch.setattr(run_pipeline, "final_pictures", lambda *a: None)  # no map to draw
         args = run_pipeline.get_args_parser().parse_args(["--data_root", str(tmp_path), "--quiet",
-                                                          "--test_images", str(tmp_path / "t.png"), *flags])
+                                                          "--test_images", str(tmp_path / "t.png"), *flags,
+                                                          *([] if "--budget" in flags else ["--budget", "standard"])])
         run_pipeline.main(args)
         return commands
 

@@ -4,7 +4,8 @@ window covers, and the preview."""
 import numpy as np
 import pytest
 
-from cropmap.predict.stitch import BandStitcher, PreviewCanvas, centre_window, weight_window
+from cropmap.predict.stitch import BandStitcher, centre_window, weight_window
+from cropmap.raster.preview import PreviewCanvas
 
 
 # ---- Gaussian blending, uncovered rows, the preview ----------------------------------------------------

@@ -151,6 +151,12 @@ def preview_path(map_file: str | os.PathLike) -> Path:
     return p.with_name(f"{p.stem}_preview.png")
 
 
+def errors_path(map_file: str | os.PathLike) -> Path:
+    """The error view beside a map, against its label: ``X_errors.png`` (always PNG)."""
+    p = Path(map_file)
+    return p.with_name(f"{p.stem}_errors.png")
+
+
 def prob_paths(map_file: str | os.PathLike, num_classes: int) -> list[Path]:
     """The per-class probabilities beside a map (``predict.py --save_probs``): ``X_prob0.png`` ..."""
     p = Path(map_file)

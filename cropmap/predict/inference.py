@@ -40,10 +40,12 @@ from cropmap.core.cli import progress as progress_bar
 from cropmap.core.errors import InputError
 from cropmap.data.normalize import normalize  # the one input normalisation
 from cropmap.core.device import amp_dtype
+from cropmap.core.classes import class_names
 from cropmap.core.layout import prob_paths
 from cropmap.predict.outputs import MapOutputs, spool_path
 from cropmap.raster import RasterInfo, check_image, valid_mask, write_png
-from cropmap.predict.stitch import BandStitcher, PreviewCanvas
+from cropmap.predict.stitch import BandStitcher
+from cropmap.raster.preview import PreviewCanvas, preview_picture
 from cropmap.data.tiling import grid_positions
 from cropmap.predict.windows import (Batch, WindowDataset, group_rows, share_groups, source_batches,  # noqa: F401 (re-export)
                       window_file_batches)
@@ -321,7 +323,7 @@ def _predict_rows(model: Callable, batches: Callable, groups: list[list[int]], g
     if rank == 0:
         outputs.close()
         if preview is not None:
-            write_png(preview_path, preview.render())
+            write_png(preview_path, preview_picture(preview, class_names(opts.num_classes)))
     if world_size > 1:
         dist.barrier()  # every process returns once the files are in place
     return {

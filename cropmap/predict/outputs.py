@@ -27,7 +27,7 @@ import torch
 
 from cropmap.core.layout import prob_paths
 from cropmap.raster import RasterInfo, open_writer
-from cropmap.predict.stitch import PreviewCanvas
+from cropmap.raster.preview import PreviewCanvas
 
 #: Strips queued per writer thread before the producer waits.
 QUEUE_STRIPS = 4

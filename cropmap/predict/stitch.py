@@ -25,7 +25,6 @@ from typing import Callable
 
 import numpy as np
 
-from cropmap.core.classes import PALETTE
 import torch
 
 #: Blending modes: "gaussian" weights each window by a separable Gaussian centred on it (seams vanish);
@@ -241,57 +240,3 @@ class BandStitcher:
     def finish(self) -> None:
         """Emit every remaining row (call once, after the last :meth:`add`)."""
         self._emit(self.height)
-
-
-class PreviewCanvas:
-    """A downscaled colour preview of a map over its image, built while the map streams past.
-
-    The scale is ``s = ceil(max(H, W) / max_side)``; preview pixel ``(i, j)`` shows image pixel
-    ``(i*s, j*s)`` (nearest). Memory: ``4 * (H/s) * (W/s)`` bytes. The image and the labels may be
-    added from two threads (they fill separate arrays).
-    """
-
-    def __init__(self, height: int, width: int, max_side: int = 2048):
-        self.scale = max(1, -(-max(height, width) // max_side))
-        self.height, self.width = height, width
-        ph, pw = -(-height // self.scale), -(-width // self.scale)
-        self.rgb = np.zeros((ph, pw, 3), np.uint8)
-        self.labels = np.zeros((ph, pw), np.uint8)
-
-    def _offsets(self, y: int, x: int) -> tuple[int, int]:
-        return (-y) % self.scale, (-x) % self.scale
-
-    def add_image(self, y: int, x: int, rgb: np.ndarray) -> None:
-        """Paste an image window ``uint8 [h, w, 3+]`` whose top-left pixel is ``(y, x)``."""
-        s = self.scale
-        h, w = min(rgb.shape[0], self.height - y), min(rgb.shape[1], self.width - x)
-        i0, j0 = self._offsets(y, x)
-        part = rgb[i0:h:s, j0:w:s, :3]
-        py, px = (y + i0) // s, (x + j0) // s
-        self.rgb[py : py + part.shape[0], px : px + part.shape[1]] = part
-
-    def add_labels(self, y: int, labels: np.ndarray) -> None:
-        """Record map rows ``labels`` (``uint8 [h, W]``) starting at image row ``y``."""
-        s = self.scale
-        i0 = (-y) % s
-        part = labels[i0::s, ::s]
-        py = (y + i0) // s
-        self.labels[py : py + part.shape[0]] = part
-
-    def rows(self, start: int, stop: int) -> slice:
-        """The preview rows that show image rows ``start..stop``."""
-        return slice(-(-start // self.scale), -(-stop // self.scale))
-
-    def merge(self, other: "PreviewCanvas", start: int, stop: int) -> None:
-        """Take image rows ``start..stop`` of both arrays from ``other`` (a canvas of the same image)."""
-        sel = self.rows(start, stop)
-        self.rgb[sel] = other.rgb[sel]
-        self.labels[sel] = other.labels[sel]
-
-    def render(self, alpha: float = 0.5, palette: np.ndarray = PALETTE) -> np.ndarray:
-        """``uint8 [h, w, 3]``: the image with each crop class tinted by its palette colour."""
-        colours = palette[np.minimum(self.labels, len(palette) - 1)].astype(np.float32)
-        out = self.rgb.astype(np.float32)
-        crop = self.labels > 0
-        out[crop] = (1 - alpha) * out[crop] + alpha * colours[crop]
-        return out.round().astype(np.uint8)

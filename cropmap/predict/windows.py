@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from cropmap.core.errors import InputError
 from cropmap.raster import RasterInfo, open_reader, read_png, strip_rows, valid_mask
-from cropmap.predict.stitch import PreviewCanvas
+from cropmap.raster.preview import PreviewCanvas
 
 #: Pixels per decoded piece of rows (a piece is the unit the decode thread hands over: 8 Mpixel, 32 MB).
 PIECE_PIXELS = 1 << 23

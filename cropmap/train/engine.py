@@ -362,6 +362,15 @@ class _LaggedValue:
         return self.text
 
 
+def _time_left(history: list[dict], epochs_left: int) -> str:
+    """``", about N min left"``: the epochs still to run at the mean time of those run (empty at the end)."""
+    if epochs_left <= 0:
+        return ""
+    seconds = [r["seconds"] for r in history if r.get("seconds")]
+    left = epochs_left * sum(seconds) / max(len(seconds), 1) / 60
+    return f", about {left:.0f} min left" if left >= 1 else f", about {left * 60:.0f} s left"
+
+
 class Trainer:
     """One training run, built from the flags of :func:`get_args_parser`.
 
@@ -557,7 +566,7 @@ class Trainer:
                     print(self.last_table, flush=True)
                 print(f"epoch {epoch + 1}/{args.epochs}: loss {row['train_loss']:.4f}"
                       + (f", val mIoU {metrics['mIoU']:.4f}" if metrics else "")
-                      + f", {row['seconds']:.1f} s", flush=True)
+                      + f", {row['seconds']:.1f} s" + _time_left(self.history, args.epochs - epoch - 1), flush=True)
                 self.save(epoch, eval_model, metrics, improved, last)
                 write_logs(self.run_dir, self.history)
         return row
