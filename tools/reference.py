@@ -24,7 +24,7 @@ SCRIPTS = {
     "make_synthetic_data": "make_synthetic_data", "generate_train_data": "generate_train_data",
     "generate_test_data": "generate_test_data", "make_val_images": "make_val_images", "train": "train",
     "predict": "predict", "vote": "vote", "fill_hole": "fill_hole", "score": "score", "polygonize": "polygonize",
-    "run_pipeline": "run_pipeline",
+    "rasterize_labels": "rasterize_labels", "areas": "areas", "run_pipeline": "run_pipeline",
 }
 TRAINING_SCRIPTS = ["train", "train_focalloss", "train_swa", "train_multiscale", "Unet_resnet34.train"]
 

@@ -300,9 +300,9 @@ def _to_crs(geoms: np.ndarray, transform: tuple[float, ...]) -> np.ndarray:
     return shapely.transform(geoms, lambda xy: xy @ m + t)
 
 
-def _equal_area_m2(geoms: np.ndarray, crs) -> np.ndarray:
+def equal_area_m2(geoms: np.ndarray, crs) -> np.ndarray:
     """Areas in m² of polygons in a geographic CRS, through a Lambert azimuthal equal-area projection
-    centred on them (WGS 84 ellipsoid)."""
+    centred on them (WGS 84 ellipsoid). areas.py measures its pixels with it too."""
     import shapely
     from rasterio.warp import transform_geom
 
@@ -377,6 +377,16 @@ def _bands(path: str | os.PathLike, rows: int) -> Iterator[tuple[int, np.ndarray
             y += n
 
 
+def m2_per_pixel(georef) -> float | None:
+    """The area in m² of a pixel of a projected CRS (its units converted); None without a CRS or in a
+    geographic one, where it varies (see :func:`equal_area_m2`). Shared with areas.py."""
+    crs = georef.crs
+    if crs is None or crs.is_geographic:
+        return None
+    unit = crs.linear_units_factor[1] if crs.linear_units_factor else 1.0
+    return georef.pixel_area * unit * unit
+
+
 @dataclass(frozen=True)
 class _Frame:
     """Where a map's polygons go from pixel coordinates, and how their areas in m² are had."""
@@ -390,12 +400,7 @@ class _Frame:
         georef = info.georef
         if georef is None:
             return cls(None, (1.0, 0.0, 0.0, 0.0, 1.0, 0.0), None)
-        crs = georef.crs
-        m2_per_px = None
-        if crs is not None and not crs.is_geographic:
-            unit = crs.linear_units_factor[1] if crs.linear_units_factor else 1.0
-            m2_per_px = georef.pixel_area * unit * unit
-        return cls(crs, georef.transform, m2_per_px)
+        return cls(georef.crs, georef.transform, m2_per_pixel(georef))
 
     @property
     def with_m2(self) -> bool:
@@ -415,7 +420,7 @@ class _Frame:
         area_px = np.rint(shapely.area(geoms)).astype(np.int64)
         world = _to_crs(geoms, self.transform)
         if self.crs is not None and self.crs.is_geographic:
-            area_m2 = _equal_area_m2(world, self.crs)
+            area_m2 = equal_area_m2(world, self.crs)
         elif self.m2_per_px is not None:
             area_m2 = area_px * self.m2_per_px
         else:

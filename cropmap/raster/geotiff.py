@@ -42,8 +42,10 @@ CACHE_MB = 64  # GDAL block cache unless GDAL_CACHEMAX is set: blocks are decode
 READ_ROWS = 256  # fewest rows decoded at once (rounded up to whole rows of blocks)
 MAX_BLOCK_ROWS = 4096  # taller blocks (single-strip files) are read READ_ROWS at a time instead
 #: What a single-band file written by :class:`StripWriter` holds: ``map`` (class map: colour table,
-#: nodata 0), ``label`` (colour table, no nodata: 0 is a class) or ``data`` (neither: probabilities).
-ROLES = ("map", "label", "data")
+#: nodata 0), ``label`` (colour table, no nodata: 0 is a class), ``sparse_label`` (colour table, nodata 255:
+#: a label rasterised from polygons, 255 where no polygon or conflicting ones lie) or ``data`` (neither:
+#: probabilities).
+ROLES = ("map", "label", "sparse_label", "data")
 
 
 def _rio():
@@ -284,8 +286,8 @@ class StripWriter(StreamingWriter):
         if georef is not None:
             profile["crs"] = georef.crs
             profile["transform"] = rio.transform.Affine(*georef.transform)
-        if channels == 1 and role == "map":
-            profile["nodata"] = 0
+        if channels == 1 and role in ("map", "sparse_label"):
+            profile["nodata"] = 0 if role == "map" else 255
         with warnings.catch_warnings(), rio.Env(GDAL_PAM_ENABLED=False):
             warnings.simplefilter("ignore", rio.errors.NotGeoreferencedWarning)
             self._ds = rio.open(self._tmp, "w", **profile)
