@@ -41,6 +41,7 @@ from cropmap.core.layout import (DEFAULT_TEST_IMAGES, DEFAULT_TRAIN_IMAGES, TEST
                                  model_dir, preview_path, source_path, submit_dir, tiles_csv, train_dir)
 from cropmap.core.metrics import absent_classes, class_names, format_iou, iou_from_confusion
 from cropmap.data.tiling import read_tiles_csv
+from cropmap.data.vector_labels import LabelOptions, VectorLabels, check_class_names, rasterize_to
 from cropmap.raster import check_image
 from cropmap.raster.preview import write_map_preview
 
@@ -101,10 +102,16 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--test_images", nargs="+", default=None,
                    help="test PNGs or GeoTIFFs, scored when NAME_label.png / .tif exists beside them "
                         "(default: image_3 image_4)")
+    borrow_flags(g, generate_train_data.get_args_parser(), {"labels": "train_labels", "label_layer": "label_layer",
+                                                         "label_field": "label_field", "class_names": "class_names",
+                                                         "unlabelled": "unlabelled"})
+    g.add_argument("--test_labels", default=None,
+                   help="field polygons to score the test images against (the same --label_field, --label_layer "
+                        "and --class_names), instead of NAME_label.tif beside them (default: none)")
     borrow_flags(g, generate_train_data.get_args_parser(), ["tile_size"], tile_size=None)
     borrow_flags(g, generate_test_data.get_args_parser(), ["stride"])
     train = engine.get_args_parser()
-    borrow_flags(g, train, ["num_classes", "seed"])
+    borrow_flags(g, train, ["num_classes", "seed"], num_classes=None)
     g = p.add_argument_group("training (every model)")
     g.add_argument("--models", nargs="+", default=None, choices=list(ZOO),
                    help="the models of the ensemble, most trusted first (default: %(default)s)")
@@ -137,6 +144,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     for action in p._actions:  # what the pipeline derives when a flag is left at None
         if action.dest == "base_lr":
             action.help = action.help.replace("%(default)s", "0.001 with adamw, 0.03 with sgd")
+        elif action.dest == "num_classes":
+            action.help = action.help.replace("%(default)s", "the number of --class_names, else 4")
         elif action.dest == "stride":
             action.help = action.help.replace("half the window", "three quarters of --tile_size, a multiple of 8")
         elif action.dest in lengths:
@@ -235,7 +244,36 @@ def make_sources(args: argparse.Namespace, root: Path) -> tuple[list[str], list[
         [str(source_path(root, TRAIN_SOURCE_DIR, name)) for name in DEFAULT_TRAIN_IMAGES]
     test_images = [Path(p).resolve() for p in args.test_images] if args.test_images else \
         [source_path(root, TEST_SOURCE_DIR, name) for name in DEFAULT_TEST_IMAGES]
+    if args.train_labels:
+        train_images = [str(p) for p in with_vector_labels(args, root, args.train_labels, train_images, "train")]
+    if args.test_labels:
+        test_images = with_vector_labels(args, root, args.test_labels, test_images, "test")
     return train_images, test_images
+
+
+def with_vector_labels(args: argparse.Namespace, root: Path, labels: str, images: list, split: str) -> list[Path]:
+    """``--train_labels`` / ``--test_labels``: each image linked into ``DATA_ROOT/sources/SPLIT/`` with its label
+    burnt from the polygons beside it (``NAME_label.tif``, rasterize_labels.py's), so that every later step finds
+    the label where it looks for one; returns the linked images."""
+    options = LabelOptions(labels, args.label_field, args.label_layer, args.class_names, args.unlabelled,
+                           args.num_classes)
+    polygons = VectorLabels.read(options)
+    folder = root / "sources" / split
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for image in map(Path, images):
+        if image.suffix.lower() not in (".tif", ".tiff"):
+            raise InputError(f"{image}: polygon labels need a georeferenced GeoTIFF image (a PNG has no CRS)")
+        link = folder / image.name
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(image)
+        done = rasterize_to(link, polygons, label_path(link))
+        print(f"{image.name}: {done['on_image']} polygons burnt into {done['output']}"
+              + (f" ({done['overlap_pixels']} pixels of overlapping classes ignored)" if done["overlap_pixels"] else ""),
+              flush=True)
+        out.append(link)
+    return out
 
 
 def cut_tiles(args: argparse.Namespace, root: Path, train_images: list[str], test_images: list[Path]) -> tuple:
@@ -374,6 +412,7 @@ def main(args: argparse.Namespace) -> list[dict]:
     root = Path(args.data_root).resolve()
     check_output_dir(root)
     apply_budget(args, None)
+    args.num_classes = check_class_names(args.class_names, args.num_classes)
     check_flags(args)
     train_images, test_images = make_sources(args, root)
     print_plan(args, train_images, test_images)

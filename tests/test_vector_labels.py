@@ -292,3 +292,44 @@ def test_bench_runs_on_a_tiny_image(tmp_path, capsys):
     best = bench.main(args)
     assert set(best) == {"ours", "whole", "areas"} and all(r["s"] > 0 and r["rss_mb"] > 0 for r in best.values())
     assert "40 polygons over 300 x 300 pixels" in capsys.readouterr().out
+
+
+def test_run_pipeline_burns_train_and_test_polygons_beside_linked_images(tmp_path, monkeypatch):
+    """run_pipeline.py --train_labels/--test_labels: every image is linked into DATA_ROOT/sources/SPLIT with its label
+    burnt beside it (what every later step reads), the classes come from --class_names, and a PNG is refused."""
+    import run_pipeline
+
+    rng = np.random.default_rng(9)
+    geoms = [to_world(g) for g in random_polygons(rng, 12)]
+    names = ["other", "field"]
+    labels = write_polygons(tmp_path / "f.gpkg", geoms, [names[i] for i in rng.integers(0, 2, len(geoms))])
+    images = [write_image(tmp_path / f"{n}.tif") for n in ("a", "b", "c")]
+    commands = []
+    monkeypatch.setattr(run_pipeline, "run", commands.append)
+    monkeypatch.setattr(run_pipeline, "copy_atomic", lambda src, dst: None)
+    monkeypatch.setattr(run_pipeline, "final_pictures", lambda *a: None)
+    monkeypatch.setattr(run_pipeline, "score_stage", lambda *a: None)
+    root = tmp_path / "run"
+    args = run_pipeline.get_args_parser().parse_args(
+        ["--data_root", str(root), "--train_images", str(images[0]), str(images[1]), "--test_images", str(images[2]),
+         "--train_labels", str(labels), "--test_labels", str(labels), "--label_field", "crop",
+         "--class_names", "other,field", "--quiet", "--skip_training"])
+    run_pipeline.main(args)
+    assert args.num_classes == 2
+    cut = next(c for c in commands if c[0] == "generate_train_data.py")
+    trained = cut[cut.index("--images") + 1: cut.index("--tile_size")]
+    assert trained == [str(root / "sources" / "train" / f"{n}.tif") for n in ("a", "b")]
+    expected = rasterize_to(images[0], LabelOptions(labels, "crop", class_names=("other", "field")),
+                            tmp_path / "expected.tif", log=lambda s: None)
+    burnt = root / "sources" / "train" / "a_label.tif"
+    import rasterio
+
+    with rasterio.open(burnt) as got, rasterio.open(expected["output"]) as want:
+        np.testing.assert_array_equal(got.read(1), want.read(1))
+    assert (root / "sources" / "test" / "c_label.tif").exists()
+    predicts = [c for c in commands if c[0] == "predict.py" and "--name" in c]
+    assert all(str(root / "sources" / "test" / "c.tif") in c for c in predicts if str(root / "val") not in c[2])
+    write_png(tmp_path / "p.png", np.zeros((20, 20, 4), np.uint8))
+    args.train_images = [str(tmp_path / "p.png")]
+    with pytest.raises(InputError, match="p.png: polygon labels need a georeferenced GeoTIFF"):
+        run_pipeline.main(args)
